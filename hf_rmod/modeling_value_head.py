@@ -1,0 +1,603 @@
+"""Multi-objective value model ``V(x, y^t) -> R^G`` used by RMOD.
+
+Two kinds share one class, :class:`MultiValueHead`:
+
+* **shared-trunk** (``backbone_config=None``): a small head on the *policy's own* final hidden state
+  (exactly what ``lm_head`` reads, after the final norm). Scoring a candidate costs no extra transformer
+  forward; the decoding loop passes the hidden states in through ``hidden_states=``.
+* **backbone**: the head sits on its own transformer base model (``AutoModel``, e.g. ``GPT2Model`` or
+  ``LlamaModel``) that keeps its own KV cache. It reads the policy's token ids, so it must share the
+  policy's tokenizer.
+
+The head always computes in float32. Values are predicted in *normalised* reward units (the per-objective
+``reward_mean`` / ``reward_std`` of the training data, stored in the config); :meth:`MultiValueHead.denormalize`
+maps them back to reward units.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Sequence
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers.cache_utils import Cache
+from transformers.configuration_utils import SubConfigSpec
+from transformers.utils import ModelOutput
+
+__all__ = ["MultiValueHead", "MultiValueHeadConfig", "MultiValueHeadOutput"]
+
+_HEAD_TYPES = ("linear", "mlp")
+
+
+def _config_width(config: PreTrainedConfig) -> int | None:
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("hidden_size", "n_embd", "d_model"):
+        value = getattr(text_config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _config_vocab(config: PreTrainedConfig) -> int | None:
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text_config, "vocab_size", None)
+    return value if isinstance(value, int) else None
+
+
+class MultiValueHeadConfig(PreTrainedConfig):
+    r"""Configuration of a [`MultiValueHead`]: ``G`` value functions ``V_g(x, y^t)``, one per objective.
+
+    Args:
+        objectives (`list[str]`):
+            Names of the ``G`` objectives, in output order. Non-empty, unique, non-empty strings.
+        hidden_size (`int`, *optional*):
+            Input width of the head. Required for a shared-trunk head (the policy's ``lm_head`` input width);
+            for a backbone head it defaults to the backbone's hidden size and must equal it.
+        head_type (`str`, *optional*, defaults to `"linear"`):
+            ``"linear"`` (one ``Linear(hidden_size, G)``) or ``"mlp"`` (``Linear -> GELU -> Linear``).
+        head_hidden_size (`int`, *optional*):
+            Width of the MLP's hidden layer; defaults to ``hidden_size``. Only used with ``head_type="mlp"``.
+        backbone_config (`PreTrainedConfig` or `dict`, *optional*):
+            Config of the head's own transformer base model. ``None`` gives a shared-trunk head that reads the
+            policy's final hidden state. A ``dict`` must carry ``"model_type"``.
+        policy_name_or_path (`str`, *optional*):
+            The reference policy the head was built for / trained with (for the model card and checks).
+        policy_vocab_size (`int`, *optional*):
+            Vocabulary size of that policy; [`MultiValueHead.check_compatible`] compares it with a policy.
+        policy_hidden_size (`int`, *optional*):
+            Width of that policy's final hidden state.
+        reward_mean (`list[float]`, *optional*):
+            Per-objective reward mean used to normalise training targets. Defaults to zeros.
+        reward_std (`list[float]`, *optional*):
+            Per-objective reward standard deviation (> 0) used to normalise training targets. Defaults to ones.
+        training_info (`dict`, *optional*):
+            Free-form metadata shown in the model card (training data, validation metrics, ...).
+        initializer_range (`float`, *optional*, defaults to 0.02):
+            Standard deviation of the normal initialiser of the head's weights.
+
+    Example:
+
+    ```python
+    >>> from hf_rmod import MultiValueHeadConfig
+    >>> config = MultiValueHeadConfig(objectives=["helpful", "harmless"], hidden_size=576)
+    >>> config.num_objectives
+    2
+    ```
+    """
+
+    model_type = "rmod_value_head"
+    # Declared so transformers treats the nested backbone config as a sub-config (attention implementation
+    # and dtype are dispatched to it); the dict -> config conversion is done in `__post_init__`.
+    sub_configs_defaults: ClassVar[dict] = {
+        "backbone_config": SubConfigSpec(AutoConfig, model_type="gpt2", optional=True),
+    }
+
+    objectives: list[str] | None = None
+    hidden_size: int | None = None
+    head_type: Literal["linear", "mlp"] = "linear"
+    head_hidden_size: int | None = None
+    backbone_config: dict | PreTrainedConfig | None = None
+    policy_name_or_path: str | None = None
+    policy_vocab_size: int | None = None
+    policy_hidden_size: int | None = None
+    reward_mean: list[float] | None = None
+    reward_std: list[float] | None = None
+    training_info: dict = field(default_factory=dict)
+    initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        self._validate_objectives()
+        self._resolve_backbone_config()
+        self._validate_sizes()
+        self._validate_normalisation()
+        if self.training_info is None:
+            self.training_info = {}
+        if not isinstance(self.training_info, dict):
+            raise TypeError(
+                f"`training_info` must be a dict of JSON-serialisable metadata, got {type(self.training_info).__name__}."
+            )
+        super().__post_init__(**kwargs)
+
+    # -- validation helpers -------------------------------------------------------------------------------------
+    def _validate_objectives(self) -> None:
+        if self.objectives is None:
+            raise ValueError(
+                "`objectives` is required: pass the names of the G objectives, e.g. objectives=['helpful', 'harmless']."
+            )
+        if isinstance(self.objectives, str):
+            raise TypeError(
+                f"`objectives` must be a list of names, got the string {self.objectives!r}; "
+                f"use objectives=[{self.objectives!r}] for a single objective."
+            )
+        objectives = list(self.objectives)
+        if len(objectives) == 0:
+            raise ValueError("`objectives` is empty: pass at least one objective name.")
+        bad = [name for name in objectives if not isinstance(name, str) or not name]
+        if bad:
+            raise ValueError(f"`objectives` must hold non-empty strings, got {bad!r} in {objectives!r}.")
+        duplicates = sorted({name for name in objectives if objectives.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"`objectives` must be unique, got duplicates {duplicates!r} in {objectives!r}.")
+        self.objectives = objectives
+
+    def _resolve_backbone_config(self) -> None:
+        backbone = self.backbone_config
+        if backbone is None or isinstance(backbone, PreTrainedConfig):
+            return
+        if not isinstance(backbone, dict):
+            raise TypeError(
+                f"`backbone_config` must be a PreTrainedConfig, a dict with 'model_type', or None; got "
+                f"{type(backbone).__name__}."
+            )
+        backbone = dict(backbone)
+        model_type = backbone.pop("model_type", None)
+        if not model_type:
+            raise ValueError(
+                "`backbone_config` is a dict without 'model_type': add it (e.g. {'model_type': 'gpt2', ...}) "
+                "or pass a PreTrainedConfig."
+            )
+        if model_type == self.model_type:
+            raise ValueError("`backbone_config` cannot itself be a 'rmod_value_head' config.")
+        backbone.pop("transformers_version", None)
+        self.backbone_config = AutoConfig.for_model(model_type, **backbone)
+
+    def _validate_sizes(self) -> None:
+        if self.head_type not in _HEAD_TYPES:
+            raise ValueError(f"`head_type` must be one of {_HEAD_TYPES}, got {self.head_type!r}.")
+        if self.backbone_config is not None:
+            width = _config_width(self.backbone_config)
+            if width is None:
+                raise ValueError(
+                    f"Cannot read a hidden size from `backbone_config` ({type(self.backbone_config).__name__}); "
+                    "pass a text model config with `hidden_size`."
+                )
+            if self.hidden_size is None:
+                self.hidden_size = width
+            elif self.hidden_size != width:
+                raise ValueError(
+                    f"`hidden_size`={self.hidden_size} does not match the backbone's hidden size {width}; "
+                    "leave `hidden_size` unset for a backbone head."
+                )
+        if self.hidden_size is None:
+            raise ValueError(
+                "`hidden_size` is required for a shared-trunk head (no `backbone_config`): pass the policy's "
+                "lm_head input width, or build the head with MultiValueHead.for_policy(model, objectives)."
+            )
+        for name in ("hidden_size", "head_hidden_size", "policy_vocab_size", "policy_hidden_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+        if self.head_type == "mlp" and self.head_hidden_size is None:
+            self.head_hidden_size = self.hidden_size
+
+    def _validate_normalisation(self) -> None:
+        num = len(self.objectives)
+        for name, default in (("reward_mean", 0.0), ("reward_std", 1.0)):
+            value = getattr(self, name)
+            if value is None:
+                value = [default] * num
+            if isinstance(value, (int, float)):
+                raise ValueError(f"`{name}` must be a list with one float per objective ({num}), got {value!r}.")
+            value = [float(v) for v in value]
+            if len(value) != num:
+                raise ValueError(
+                    f"`{name}` has {len(value)} entries but there are {num} objectives {self.objectives!r}; "
+                    "pass one value per objective."
+                )
+            if any(v != v or v in (float("inf"), float("-inf")) for v in value):
+                raise ValueError(f"`{name}` must be finite, got {value!r}.")
+            setattr(self, name, value)
+        bad = [(o, s) for o, s in zip(self.objectives, self.reward_std) if s <= 0]
+        if bad:
+            raise ValueError(f"`reward_std` must be > 0 for every objective, got {bad!r}.")
+
+    @property
+    def num_objectives(self) -> int:
+        return len(self.objectives)
+
+
+@dataclass
+class MultiValueHeadOutput(ModelOutput):
+    """Output of [`MultiValueHead.forward`].
+
+    Args:
+        values (`torch.FloatTensor` of shape `(batch_size, sequence_length, num_objectives)`):
+            Float32 values ``V_g(x, y^t)`` at every position, in normalised reward units.
+        cache (`Cache`, *optional*):
+            The backbone's KV cache after this call (backbone heads with ``use_cache=True`` only).
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`, *optional*):
+            The hidden states the head read.
+    """
+
+    values: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+
+
+class _Float32Linear(nn.Linear):
+    """`nn.Linear` that always computes in float32, whatever the dtype of its input or parameters."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.float()
+        return nn.functional.linear(x.float(), self.weight.float(), bias)
+
+
+class MultiValueHeadModule(nn.Module):
+    """The value head proper: ``(..., hidden_size) -> (..., G)``, float32."""
+
+    def __init__(self, config: MultiValueHeadConfig):
+        super().__init__()
+        if config.head_type == "linear":
+            self.layers = nn.ModuleList([_Float32Linear(config.hidden_size, config.num_objectives)])
+        else:
+            self.layers = nn.ModuleList(
+                [
+                    _Float32Linear(config.hidden_size, config.head_hidden_size),
+                    _Float32Linear(config.head_hidden_size, config.num_objectives),
+                ]
+            )
+        self.activation = nn.GELU()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        x = hidden_states.float()  # (..., H)
+        for index, layer in enumerate(self.layers):
+            if index > 0:
+                x = self.activation(x)
+            x = layer(x)
+        return x  # (..., G)
+
+
+class MultiValueHead(PreTrainedModel):
+    r"""``G`` value functions ``V_g(x, y^t)`` for RMOD, as one Hugging Face model.
+
+    See the module docstring for the two kinds (shared-trunk / backbone). Save and load it like any
+    transformers model (`save_pretrained`, `from_pretrained`, `AutoModel.from_pretrained` after
+    ``import hf_rmod``, `push_to_hub`); loading accepts safetensors only and is strict.
+    """
+
+    config_class = MultiValueHeadConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = False
+    _keep_in_fp32_modules_strict = ["head"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def __init__(self, config: MultiValueHeadConfig, *, _backbone: PreTrainedModel | None = None):
+        super().__init__(config)
+        if config.backbone_config is None:
+            if _backbone is not None:
+                raise ValueError("A shared-trunk config (backbone_config=None) cannot take a backbone module.")
+            self.backbone = None
+        elif _backbone is not None:
+            self.backbone = _backbone
+        else:
+            self.backbone = AutoModel.from_config(config.backbone_config)
+        self.head = MultiValueHeadModule(config)
+        self.head.float()
+        self.post_init()
+
+    def _init_weights(self, module):
+        if isinstance(module, MultiValueHeadModule):
+            for layer in module.layers:
+                nn.init.normal_(layer.weight, mean=0.0, std=self.config.initializer_range)
+                nn.init.zeros_(layer.bias)
+        elif self.backbone is None or not any(module is m for m in self.backbone.modules()):
+            super()._init_weights(module)
+
+    # -- properties ---------------------------------------------------------------------------------------------
+    @property
+    def objectives(self) -> list[str]:
+        return list(self.config.objectives)
+
+    @property
+    def num_objectives(self) -> int:
+        return len(self.config.objectives)
+
+    @property
+    def uses_policy_hidden_states(self) -> bool:
+        """True for a shared-trunk head: it reads the policy's final hidden state instead of token ids."""
+        return self.backbone is None
+
+    def get_input_embeddings(self):
+        return None if self.backbone is None else self.backbone.get_input_embeddings()
+
+    # -- compute ------------------------------------------------------------------------------------------------
+    def score_hidden_states(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Apply the head: ``(..., hidden_size) -> (..., G)`` float32, normalised reward units."""
+        if hidden_states.shape[-1] != self.config.hidden_size:
+            raise ValueError(
+                f"`hidden_states` has width {hidden_states.shape[-1]} but this value head expects "
+                f"hidden_size={self.config.hidden_size}; was it built for another policy "
+                f"({self.config.policy_name_or_path!r})?"
+            )
+        return self.head(hidden_states)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        hidden_states: torch.Tensor | None = None,
+        return_dict: bool | None = True,
+        **kwargs: Any,
+    ) -> MultiValueHeadOutput | tuple:
+        r"""Values at every position.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, T)`): token ids (backbone heads).
+            attention_mask (`torch.Tensor` of shape `(batch, past + T)`): backbone heads; covers cached tokens too.
+            position_ids (`torch.LongTensor` of shape `(batch, T)`): backbone heads (needed with left padding).
+            cache (`Cache`): the backbone's KV cache from a previous call (backbone heads).
+            use_cache (`bool`): return the backbone's cache (backbone heads).
+            hidden_states (`torch.Tensor` of shape `(batch, T, H)`): the policy's final hidden states
+                (shared-trunk heads).
+
+        Returns:
+            [`MultiValueHeadOutput`] with ``values`` of shape `(batch, T, G)`, float32.
+        """
+        if "past_key_values" in kwargs:
+            if cache is not None:
+                raise ValueError("Pass the backbone cache as `cache=` only (not also `past_key_values=`).")
+            cache = kwargs.pop("past_key_values")
+        if self.backbone is None:
+            if hidden_states is None:
+                raise ValueError(
+                    "This is a shared-trunk value head (no backbone): pass `hidden_states=` (the policy's final "
+                    "hidden states, what its lm_head reads), not token ids."
+                )
+            if input_ids is not None or cache is not None:
+                raise ValueError(
+                    "A shared-trunk value head takes only `hidden_states=`; `input_ids`/`cache` belong to the policy."
+                )
+            last_hidden_state = hidden_states
+            new_cache = None
+        else:
+            if hidden_states is not None:
+                raise ValueError(
+                    "This value head has its own backbone: pass `input_ids=` (the policy's token ids), not "
+                    "`hidden_states=`."
+                )
+            if input_ids is None and kwargs.get("inputs_embeds") is None:
+                raise ValueError("A backbone value head needs `input_ids=`.")
+            out = self.backbone(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=use_cache,
+                return_dict=True,
+                **kwargs,
+            )
+            last_hidden_state = out.last_hidden_state
+            new_cache = getattr(out, "cache", None)
+            if new_cache is None:
+                new_cache = getattr(out, "past_key_values", None)
+        values = self.score_hidden_states(last_hidden_state)  # (batch, T, G)
+        output = MultiValueHeadOutput(values=values, cache=new_cache, last_hidden_state=last_hidden_state)
+        return output if return_dict is not False else output.to_tuple()
+
+    def denormalize(self, values: torch.Tensor) -> torch.Tensor:
+        """Normalised values -> reward units: ``v * reward_std + reward_mean`` over the last dim (G)."""
+        if values.shape[-1] != self.num_objectives:
+            raise ValueError(
+                f"`values` has {values.shape[-1]} entries in its last dim but the head has "
+                f"{self.num_objectives} objectives {self.objectives!r}."
+            )
+        mean = torch.tensor(self.config.reward_mean, dtype=torch.float32, device=values.device)
+        std = torch.tensor(self.config.reward_std, dtype=torch.float32, device=values.device)
+        return values.float() * std + mean  # (..., G)
+
+    def normalize(self, rewards: torch.Tensor) -> torch.Tensor:
+        """Reward units -> normalised units: ``(r - reward_mean) / reward_std`` over the last dim (G)."""
+        mean = torch.tensor(self.config.reward_mean, dtype=torch.float32, device=rewards.device)
+        std = torch.tensor(self.config.reward_std, dtype=torch.float32, device=rewards.device)
+        return (rewards.float() - mean) / std
+
+    # -- constructors -------------------------------------------------------------------------------------------
+    @classmethod
+    def for_policy(
+        cls,
+        model: PreTrainedModel,
+        objectives: Sequence[str],
+        head_type: str = "linear",
+        head_hidden_size: int | None = None,
+        **kwargs: Any,
+    ) -> "MultiValueHead":
+        """A fresh shared-trunk head sized for ``model``'s final hidden state, on the model's device.
+
+        Extra ``kwargs`` go to [`MultiValueHeadConfig`] (e.g. ``reward_mean``, ``training_info``).
+        """
+        hidden_size, vocab_size = _policy_sizes(model)
+        if hidden_size is None:
+            raise ValueError(
+                f"Cannot tell the final hidden size of {type(model).__name__}: it has no output embeddings and "
+                "its config has no `hidden_size`. Build MultiValueHeadConfig(hidden_size=...) yourself."
+            )
+        config = MultiValueHeadConfig(
+            objectives=list(objectives),
+            hidden_size=hidden_size,
+            head_type=head_type,
+            head_hidden_size=head_hidden_size,
+            policy_name_or_path=kwargs.pop("policy_name_or_path", None) or getattr(model, "name_or_path", None) or None,
+            policy_vocab_size=kwargs.pop("policy_vocab_size", vocab_size),
+            policy_hidden_size=kwargs.pop("policy_hidden_size", hidden_size),
+            **kwargs,
+        )
+        head = cls(config)
+        return head.to(_module_device(model))
+
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone: str | os.PathLike | PreTrainedModel,
+        objectives: Sequence[str],
+        head_type: str = "linear",
+        **kwargs: Any,
+    ) -> "MultiValueHead":
+        """A fresh head on its own transformer backbone (weights copied from ``backbone``).
+
+        Args:
+            backbone: a local directory / model id (loaded with ``AutoModel.from_pretrained``, safetensors only;
+                ``trust_remote_code`` is forwarded only if you pass it) or a built ``PreTrainedModel``
+                (its base model is used when it has an LM head).
+            objectives: the ``G`` objective names.
+            head_type: ``"linear"`` or ``"mlp"``.
+            kwargs: ``trust_remote_code``, ``revision``, ``token``, ``local_files_only``, ``dtype`` go to
+                ``from_pretrained``; everything else to [`MultiValueHeadConfig`].
+        """
+        load_keys = ("trust_remote_code", "revision", "token", "local_files_only", "cache_dir", "dtype", "subfolder")
+        load_kwargs = {key: kwargs.pop(key) for key in load_keys if key in kwargs}
+        if isinstance(backbone, (str, os.PathLike)):
+            load_kwargs.setdefault("use_safetensors", True)
+            module = AutoModel.from_pretrained(str(backbone), **load_kwargs)
+        elif isinstance(backbone, PreTrainedModel):
+            if load_kwargs:
+                raise ValueError(
+                    f"{sorted(load_kwargs)} only apply when `backbone` is a path or model id, not a built model."
+                )
+            module = backbone
+        else:
+            raise TypeError(
+                f"`backbone` must be a path/model id or a PreTrainedModel, got {type(backbone).__name__}."
+            )
+        module = _base_model_of(module)
+        if isinstance(module, MultiValueHead):
+            raise TypeError("`backbone` is already a MultiValueHead; load it with MultiValueHead.from_pretrained.")
+        module = copy.deepcopy(module)
+        policy_name = kwargs.pop("policy_name_or_path", None)
+        config = MultiValueHeadConfig(
+            objectives=list(objectives),
+            head_type=head_type,
+            backbone_config=copy.deepcopy(module.config),
+            policy_name_or_path=policy_name,
+            **kwargs,
+        )
+        head = cls(config, _backbone=module)
+        return head.to(_module_device(module))
+
+    # -- checks -------------------------------------------------------------------------------------------------
+    def check_compatible(self, policy: PreTrainedModel, objectives: Sequence[str] | None = None) -> None:
+        """Raise `ValueError` (naming both sides) if this head cannot score ``policy``'s generations.
+
+        Checks: the shared-trunk head's ``hidden_size`` against the policy's lm_head input width; the backbone's
+        vocabulary against the policy's (the decoding loop feeds the policy's token ids to the backbone); the
+        recorded ``policy_vocab_size`` / ``policy_hidden_size``; and, if given, the expected objective names.
+        """
+        policy_name = getattr(policy, "name_or_path", None) or type(policy).__name__
+        head_name = self.config.name_or_path or f"MultiValueHead(objectives={self.objectives})"
+        hidden_size, vocab_size = _policy_sizes(policy)
+        if objectives is not None and list(objectives) != self.objectives:
+            raise ValueError(
+                f"Value head {head_name!r} predicts objectives {self.objectives} ({self.num_objectives}), but "
+                f"{list(objectives)} ({len(list(objectives))}) were requested; pass a head trained for those objectives."
+            )
+        if self.uses_policy_hidden_states:
+            if hidden_size is not None and hidden_size != self.config.hidden_size:
+                raise ValueError(
+                    f"Shared-trunk value head {head_name!r} reads hidden states of width {self.config.hidden_size} "
+                    f"(built for policy {self.config.policy_name_or_path!r}), but policy {policy_name!r} has lm_head "
+                    f"input width {hidden_size}. Train a head for this policy (MultiValueHead.for_policy)."
+                )
+        else:
+            backbone_vocab = _config_vocab(self.config.backbone_config)
+            if vocab_size is not None and backbone_vocab is not None and backbone_vocab < vocab_size:
+                raise ValueError(
+                    f"Value head {head_name!r} has a backbone vocabulary of {backbone_vocab} tokens, smaller than "
+                    f"policy {policy_name!r}'s {vocab_size}: the policy's token ids cannot be fed to it. Use a "
+                    "backbone that shares the policy's tokenizer."
+                )
+        if (
+            self.config.policy_vocab_size is not None
+            and vocab_size is not None
+            and self.config.policy_vocab_size != vocab_size
+        ):
+            raise ValueError(
+                f"Value head {head_name!r} was trained for policy {self.config.policy_name_or_path!r} with a "
+                f"vocabulary of {self.config.policy_vocab_size} tokens, but policy {policy_name!r} has {vocab_size}. "
+                "The head expects that policy's tokenizer; train a head for this policy."
+            )
+        if (
+            self.uses_policy_hidden_states
+            and self.config.policy_hidden_size is not None
+            and hidden_size is not None
+            and self.config.policy_hidden_size != hidden_size
+        ):
+            raise ValueError(
+                f"Value head {head_name!r} records policy hidden size {self.config.policy_hidden_size} "
+                f"({self.config.policy_name_or_path!r}) but policy {policy_name!r} has {hidden_size}."
+            )
+
+
+def _module_device(model: nn.Module) -> torch.device:
+    for param in model.parameters():
+        return param.device
+    return torch.device("cpu")
+
+
+def _policy_sizes(model: nn.Module) -> tuple[int | None, int | None]:
+    """(final hidden width, vocab size) of a causal LM: what its lm_head reads / writes."""
+    hidden_size = vocab_size = None
+    get_out = getattr(model, "get_output_embeddings", None)
+    lm_head = get_out() if callable(get_out) else None
+    if lm_head is not None:
+        hidden_size = getattr(lm_head, "in_features", None)
+        vocab_size = getattr(lm_head, "out_features", None)
+        if hidden_size is None and getattr(lm_head, "weight", None) is not None:
+            vocab_size, hidden_size = lm_head.weight.shape[0], lm_head.weight.shape[-1]
+    config = getattr(model, "config", None)
+    if config is not None:
+        hidden_size = hidden_size if hidden_size is not None else _config_width(config)
+        vocab_size = vocab_size if vocab_size is not None else _config_vocab(config)
+    return hidden_size, vocab_size
+
+
+def _base_model_of(model: PreTrainedModel) -> PreTrainedModel:
+    """The transformer trunk of ``model`` (drops an LM head)."""
+    get_out = getattr(model, "get_output_embeddings", None)
+    if callable(get_out) and get_out() is not None:
+        base = getattr(model, "base_model", model)
+        if base is model and hasattr(model, "get_decoder"):
+            base = model.get_decoder()
+        if base is model:
+            raise ValueError(
+                f"Cannot find the base model of {type(model).__name__}; pass its trunk (e.g. model.model) instead."
+            )
+        return base
+    return model
+
+
+def _register() -> None:
+    AutoConfig.register(MultiValueHeadConfig.model_type, MultiValueHeadConfig, exist_ok=True)
+    AutoModel.register(MultiValueHeadConfig, MultiValueHead, exist_ok=True)
+
+
+_register()

@@ -1,0 +1,186 @@
+"""Tests for hf_rmod.modeling_value_head (tiny in-process models, no Hub access)."""
+
+import pytest
+import torch
+from transformers import AutoModel, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from hf_rmod.modeling_value_head import MultiValueHead, MultiValueHeadConfig, MultiValueHeadOutput
+
+VOCAB = 64
+
+
+def tiny_llama(vocab_size=VOCAB, hidden_size=32, seed=0):
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_gpt2(vocab_size=VOCAB, hidden_size=32, seed=0):
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=vocab_size, n_embd=hidden_size, n_layer=2, n_head=4, n_positions=128, bos_token_id=1, eos_token_id=2
+    )
+    return GPT2LMHeadModel(config).eval()
+
+
+POLICIES = {"llama": tiny_llama, "gpt2": tiny_gpt2}
+
+
+def left_padded_batch(seed=0, batch=3, length=12):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (batch, length), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    mask[1, :1] = 0
+    ids = ids.masked_fill(mask == 0, 0)
+    position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    return ids, mask, position_ids
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# config
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_config_defaults_and_properties():
+    config = MultiValueHeadConfig(objectives=["a", "b"], hidden_size=8)
+    assert config.num_objectives == 2
+    assert config.reward_mean == [0.0, 0.0]
+    assert config.reward_std == [1.0, 1.0]
+    assert config.head_type == "linear"
+    mlp = MultiValueHeadConfig(objectives=["a"], hidden_size=8, head_type="mlp")
+    assert mlp.head_hidden_size == 8
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(hidden_size=8), "objectives"),
+        (dict(objectives=[], hidden_size=8), "empty"),
+        (dict(objectives=["a", "a"], hidden_size=8), "unique"),
+        (dict(objectives=["a", ""], hidden_size=8), "non-empty"),
+        (dict(objectives=["a"]), "hidden_size"),
+        (dict(objectives=["a"], hidden_size=0), "hidden_size"),
+        (dict(objectives=["a"], hidden_size=8, head_type="conv"), "head_type"),
+        (dict(objectives=["a", "b"], hidden_size=8, reward_std=[1.0, 0.0]), "reward_std"),
+        (dict(objectives=["a", "b"], hidden_size=8, reward_mean=[1.0]), "reward_mean"),
+        (dict(objectives=["a"], backbone_config={"n_embd": 8}), "model_type"),
+        (dict(objectives=["a"], hidden_size=16, backbone_config={"model_type": "gpt2", "n_embd": 8}), "hidden_size"),
+    ],
+)
+def test_config_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MultiValueHeadConfig(**kwargs)
+
+
+def test_config_string_objectives_is_type_error():
+    with pytest.raises(TypeError, match="objectives"):
+        MultiValueHeadConfig(objectives="helpful", hidden_size=8)
+
+
+def test_backbone_config_dict_becomes_config():
+    config = MultiValueHeadConfig(objectives=["a"], backbone_config={"model_type": "gpt2", "n_embd": 16, "n_head": 2})
+    assert type(config.backbone_config).__name__ == "GPT2Config"
+    assert config.hidden_size == 16
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# model
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(POLICIES))
+def test_for_policy_shared_trunk(kind):
+    policy = POLICIES[kind]()
+    head = MultiValueHead.for_policy(policy, ["x", "y", "z"], head_type="mlp", head_hidden_size=16)
+    assert head.uses_policy_hidden_states
+    assert head.objectives == ["x", "y", "z"] and head.num_objectives == 3
+    assert head.config.hidden_size == 32
+    assert head.config.policy_vocab_size == VOCAB
+    hidden = torch.randn(2, 5, 32, dtype=torch.bfloat16)
+    out = head(hidden_states=hidden)
+    assert isinstance(out, MultiValueHeadOutput)
+    assert out.values.shape == (2, 5, 3)
+    assert out.values.dtype == torch.float32
+    assert torch.equal(out.values, head.score_hidden_states(hidden))
+    with pytest.raises(ValueError, match="hidden_states"):
+        head(input_ids=torch.zeros(1, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="width"):
+        head.score_hidden_states(torch.randn(2, 31))
+
+
+@pytest.mark.parametrize("kind", sorted(POLICIES))
+def test_backbone_cached_incremental_matches_full(kind):
+    policy = POLICIES[kind]()
+    head = MultiValueHead.from_backbone(policy, ["a", "b"], head_type="mlp").eval()
+    assert not head.uses_policy_hidden_states
+    assert type(head.backbone).__name__ in ("LlamaModel", "GPT2Model")
+    ids, mask, pos = left_padded_batch()
+    split = 7
+    with torch.no_grad():
+        full = head(input_ids=ids, attention_mask=mask, position_ids=pos).values  # (batch, T, G)
+        prefill = head(input_ids=ids[:, :split], attention_mask=mask[:, :split], position_ids=pos[:, :split], use_cache=True)
+        assert prefill.cache is not None
+        step = head(
+            input_ids=ids[:, split:], attention_mask=mask, position_ids=pos[:, split:], cache=prefill.cache, use_cache=True
+        )
+    real = mask.bool()
+    assert full.shape == (3, 12, 2)
+    torch.testing.assert_close(prefill.values[real[:, :split]], full[:, :split][real[:, :split]], atol=1e-6, rtol=0)
+    torch.testing.assert_close(step.values[real[:, split:]], full[:, split:][real[:, split:]], atol=1e-6, rtol=0)
+
+
+def test_backbone_weights_copied_and_independent():
+    policy = tiny_llama()
+    head = MultiValueHead.from_backbone(policy, ["a"])
+    assert torch.equal(head.backbone.embed_tokens.weight, policy.model.embed_tokens.weight)
+    with torch.no_grad():
+        head.backbone.embed_tokens.weight.add_(1.0)
+    assert not torch.equal(head.backbone.embed_tokens.weight, policy.model.embed_tokens.weight)
+
+
+def test_denormalize_normalize_inverse():
+    head = MultiValueHead(MultiValueHeadConfig(objectives=["a", "b"], hidden_size=4, reward_mean=[1.0, -2.0], reward_std=[2.0, 0.5]))
+    v = torch.tensor([[0.0, 0.0], [1.0, 2.0]])
+    torch.testing.assert_close(head.denormalize(v), torch.tensor([[1.0, -2.0], [3.0, -1.0]]))
+    torch.testing.assert_close(head.normalize(head.denormalize(v)), v)
+
+
+def test_head_stays_float32_when_loaded_in_bf16(tmp_path):
+    head = MultiValueHead.from_backbone(tiny_gpt2(), ["a", "b"])
+    head.save_pretrained(tmp_path)
+    loaded = MultiValueHead.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert loaded.backbone.wte.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in loaded.head.parameters())
+    ids, mask, pos = left_padded_batch()
+    assert loaded(input_ids=ids, attention_mask=mask, position_ids=pos).values.dtype == torch.float32
+
+
+@pytest.mark.parametrize("kind", ["shared", "backbone"])
+def test_save_load_round_trip_class_and_automodel(tmp_path, kind):
+    policy = tiny_llama()
+    if kind == "shared":
+        head = MultiValueHead.for_policy(policy, ["a", "b"], reward_mean=[0.5, 1.0], reward_std=[2.0, 3.0])
+    else:
+        head = MultiValueHead.from_backbone(policy, ["a", "b"], head_type="mlp")
+    head.save_pretrained(tmp_path)
+    for loaded in (MultiValueHead.from_pretrained(tmp_path), AutoModel.from_pretrained(tmp_path)):
+        assert type(loaded) is MultiValueHead
+        assert loaded.objectives == ["a", "b"]
+        assert loaded.config.reward_mean == head.config.reward_mean
+        assert loaded.config.reward_std == head.config.reward_std
+        original, restored = head.state_dict(), loaded.state_dict()
+        assert original.keys() == restored.keys()
+        for key in original:
+            assert torch.equal(original[key], restored[key]), key
