@@ -17,7 +17,10 @@ maps them back to reward units.
 from __future__ import annotations
 
 import copy
+import json
 import os
+import re
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Sequence
 
@@ -110,6 +113,12 @@ class MultiValueHeadConfig(PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        weights_name = kwargs.get("transformers_weights")
+        if weights_name is not None and not str(weights_name).endswith((".safetensors", ".safetensors.index.json")):
+            raise ValueError(
+                f"config.json names the weights file {weights_name!r}; value heads load safetensors weights only "
+                "(pickle files can execute code). Remove `transformers_weights` from config.json."
+            )
         self._validate_objectives()
         self._resolve_backbone_config()
         self._validate_sizes()
@@ -504,6 +513,184 @@ class MultiValueHead(PreTrainedModel):
         head = cls(config, _backbone=module)
         return head.to(_module_device(module))
 
+
+    # -- Hub surface ---------------------------------------------------------------------------------------------
+    model_card_tags: ClassVar[tuple[str, ...]] = ("hf_rmod", "rmod", "value-model")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """Load a value head strictly and from safetensors only.
+
+        Same arguments as `PreTrainedModel.from_pretrained`. Differences: ``use_safetensors`` is always
+        ``True`` (a checkpoint with only pickle weights raises), and a missing, unexpected or mis-shaped weight
+        raises `ValueError` instead of being re-initialised with a warning.
+        """
+        if kwargs.pop("use_safetensors", True) is False:
+            raise ValueError(
+                "use_safetensors=False is not supported: value heads load safetensors weights only, because pickle "
+                "checkpoints (pytorch_model.bin) can execute code. Convert the checkpoint to safetensors."
+            )
+        if kwargs.pop("ignore_mismatched_sizes", False):
+            raise ValueError(
+                "ignore_mismatched_sizes=True is not supported: a value head loads strictly. Build a fresh head "
+                "(MultiValueHead.for_policy / from_backbone) if the objectives or sizes changed."
+            )
+        if kwargs.get("gguf_file") is not None:
+            raise ValueError("Value heads are not loaded from GGUF files; save them with save_pretrained().")
+        want_info = kwargs.pop("output_loading_info", False)
+        path = str(pretrained_model_name_or_path)
+        local_dir = os.path.join(path, kwargs.get("subfolder", "") or "")
+        if os.path.isdir(local_dir):
+            _require_safetensors(local_dir)
+        try:
+            model, info = super().from_pretrained(
+                path, *model_args, use_safetensors=True, output_loading_info=True, **kwargs
+            )
+        except RuntimeError as err:
+            if "ignore_mismatched_sizes" not in str(err):
+                raise
+            detail = _describe_mismatch(cls, local_dir) if os.path.isdir(local_dir) else ""
+            raise ValueError(
+                f"The weights in {path!r} do not have the shapes its config.json implies{detail}. "
+                "The checkpoint is corrupt or its config (objectives, hidden_size, head_type) was edited."
+            ) from err
+        problems = {
+            key: sorted(info.get(key) or [])
+            for key in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")
+            if info.get(key)
+        }
+        if problems:
+            raise ValueError(
+                f"Loading the value head from {path!r} is strict and found: {problems}. The checkpoint does not match "
+                f"its config (objectives={model.config.objectives}, hidden_size={model.config.hidden_size}, "
+                f"head_type={model.config.head_type!r})."
+            )
+        return (model, info) if want_info else model
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus a model card ``README.md`` (see :meth:`model_card`).
+
+        With ``push_to_hub=True`` the folder is saved first and then pushed with :meth:`push_to_hub`, so the
+        card is uploaded too.
+        """
+        push = kwargs.pop("push_to_hub", False)
+        push_keys = ("repo_id", "commit_message", "commit_description", "private", "create_pr", "revision")
+        push_kwargs = {key: kwargs.pop(key) for key in push_keys if key in kwargs}
+        result = super().save_pretrained(save_directory, *args, **kwargs)
+        is_main_process = kwargs.get("is_main_process", args[0] if args else True)
+        if is_main_process and os.path.isdir(save_directory):
+            self.model_card().save(os.path.join(save_directory, "README.md"))
+        if push and is_main_process:
+            repo_id = push_kwargs.pop("repo_id", os.path.basename(os.path.normpath(str(save_directory))))
+            self.push_to_hub(repo_id, token=kwargs.get("token"), **push_kwargs)
+        return result
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        max_shard_size: int | str | None = "50GB",
+        tags: list[str] | None = None,
+    ):
+        """Upload ``config.json``, ``model.safetensors`` and the generated model card to the Hub.
+
+        Unlike `PreTrainedModel.push_to_hub`, the card written by :meth:`save_pretrained` is uploaded instead of
+        the Hub's generic template. Returns the `CommitInfo` of the upload.
+        """
+        from huggingface_hub import HfApi
+
+        extra_tags = [tags] if isinstance(tags, str) else list(tags or [])
+        api = HfApi(library_name="hf_rmod")
+        repo_id = api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as tmp_dir:
+            super().save_pretrained(tmp_dir, max_shard_size=max_shard_size)
+            self.model_card(extra_tags=extra_tags).save(os.path.join(tmp_dir, "README.md"))
+            return api.upload_folder(
+                repo_id=repo_id,
+                folder_path=tmp_dir,
+                commit_message=commit_message or "Upload RMOD value head",
+                commit_description=commit_description,
+                token=token,
+                revision=revision,
+                create_pr=create_pr,
+            )
+
+    def model_card(self, extra_tags: Sequence[str] = ()):
+        """A `huggingface_hub.ModelCard` describing the objectives, policy, head kind, data and metrics."""
+        from huggingface_hub import ModelCard, ModelCardData
+
+        config = self.config
+        tags = list(dict.fromkeys([*self.model_card_tags, *(self.model_tags or []), *extra_tags]))
+        policy = config.policy_name_or_path
+        card_data = ModelCardData(
+            library_name="transformers",
+            tags=tags,
+            base_model=policy if _looks_like_repo_id(policy) else None,
+        )
+        info = dict(config.training_info or {})
+        if self.uses_policy_hidden_states:
+            kind = (
+                f"shared-trunk `{config.head_type}` head on the policy's final hidden state "
+                f"(width {config.hidden_size})"
+            )
+        else:
+            backbone = type(config.backbone_config).__name__.removesuffix("Config")
+            kind = f"`{config.head_type}` head on its own `{backbone}` backbone (hidden size {config.hidden_size})"
+        lines = [
+            "# RMOD multi-objective value model",
+            "",
+            "Value functions `V_g(x, y^t)` for Robust Multi-Objective Decoding (RMOD), one per objective, trained "
+            "with CD-FUDGE (every response prefix regresses onto the final reward). Made with the "
+            "`hf_rmod` library.",
+            "",
+            "## Model",
+            "",
+            f"- **Objectives** ({len(config.objectives)}): " + ", ".join(f"`{o}`" for o in config.objectives),
+            f"- **Reference policy**: `{policy}`" if policy else "- **Reference policy**: not recorded",
+            f"- **Head**: {kind}",
+            "- **Reward normalisation** (values are predicted in normalised units; `denormalize` maps back): "
+            + ", ".join(
+                f"`{o}`: mean {m:.4g}, std {s:.4g}"
+                for o, m, s in zip(config.objectives, config.reward_mean, config.reward_std)
+            ),
+            "",
+            "## Training data",
+            "",
+        ]
+        data = info.pop("data", None)
+        if isinstance(data, dict) and data:
+            lines += [f"- **{key}**: {value}" for key, value in data.items()]
+        elif data:
+            lines.append(str(data))
+        else:
+            lines.append("Not recorded.")
+        lines += ["", "## Validation metrics", ""]
+        metrics = info.pop("metrics", None)
+        lines += _metrics_markdown(metrics, config.objectives) if metrics else ["Not recorded."]
+        if info:
+            lines += ["", "## Training details", ""]
+            lines += [f"- **{key}**: {json.dumps(value, default=str)}" for key, value in info.items()]
+        lines += [
+            "",
+            "## Usage",
+            "",
+            "```python",
+            "import hf_rmod",
+            "from transformers import AutoModel",
+            "",
+            'value_model = AutoModel.from_pretrained("<this repo>")  # a hf_rmod.MultiValueHead',
+            "```",
+            "",
+        ]
+        content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines)
+        return ModelCard(content)
+
     # -- checks -------------------------------------------------------------------------------------------------
     def check_compatible(self, policy: PreTrainedModel, objectives: Sequence[str] | None = None) -> None:
         """Raise `ValueError` (naming both sides) if this head cannot score ``policy``'s generations.
@@ -593,6 +780,65 @@ def _base_model_of(model: PreTrainedModel) -> PreTrainedModel:
             )
         return base
     return model
+
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
+
+
+def _looks_like_repo_id(name: str | None) -> bool:
+    return bool(name) and _REPO_ID.match(name) is not None and not os.path.exists(name)
+
+
+def _metrics_markdown(metrics: Any, objectives: Sequence[str]) -> list[str]:
+    """Render ``{"metric": {objective: value}}`` as a table, other values as a list."""
+    if not isinstance(metrics, dict):
+        return [str(metrics)]
+    table = {k: v for k, v in metrics.items() if isinstance(v, dict) and set(v) <= set(objectives)}
+    lines = []
+    if table:
+        lines.append("| metric | " + " | ".join(objectives) + " |")
+        lines.append("|---|" + "---|" * len(objectives))
+        for name, row in table.items():
+            cells = [f"{row[o]:.4g}" if isinstance(row.get(o), (int, float)) else "" for o in objectives]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for name, value in metrics.items():
+        if name not in table:
+            lines.append(f"- **{name}**: {json.dumps(value, default=str)}")
+    return lines
+
+
+def _require_safetensors(directory: str) -> None:
+    names = set(os.listdir(directory))
+    if any(name.endswith(".safetensors") or name.endswith(".safetensors.index.json") for name in names):
+        return
+    pickles = sorted(name for name in names if name.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")))
+    if pickles:
+        raise OSError(
+            f"{directory!r} holds only pickle weights {pickles}; value heads load safetensors only, because pickle "
+            "files can execute code when loaded. Convert them with safetensors.torch.save_file (after checking "
+            "their origin) or re-save the head with save_pretrained()."
+        )
+
+
+def _describe_mismatch(cls: type, directory: str) -> str:
+    """': key ckpt (shape) vs model (shape), ...' for a local checkpoint, or '' if it cannot be worked out."""
+    try:
+        from safetensors import safe_open
+
+        config = cls.config_class.from_pretrained(directory)
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in cls(config).state_dict().items()}
+        found = {}
+        for name in os.listdir(directory):
+            if name.endswith(".safetensors"):
+                with safe_open(os.path.join(directory, name), framework="pt") as handle:
+                    for key in handle.keys():
+                        found[key] = tuple(handle.get_slice(key).get_shape())
+    except Exception:  # the description is best effort; the caller raises anyway
+        return ""
+    bad = [f"{k} ckpt {found[k]} vs model {expected[k]}" for k in expected if k in found and found[k] != expected[k]]
+    return (": " + "; ".join(bad)) if bad else ""
 
 
 def _register() -> None:

@@ -184,3 +184,139 @@ def test_save_load_round_trip_class_and_automodel(tmp_path, kind):
         assert original.keys() == restored.keys()
         for key in original:
             assert torch.equal(original[key], restored[key]), key
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Hub surface and safety
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _trained_looking_head():
+    head = MultiValueHead.for_policy(tiny_llama(), ["helpful", "harmless"], reward_mean=[0.25, 3.0], reward_std=[0.5, 2.0])
+    head.config.policy_name_or_path = "my-org/tiny-policy"
+    head.config.training_info = {
+        "data": {"records": "responses.jsonl", "prompts": 40},
+        "metrics": {"val_mse": {"helpful": 0.123, "harmless": 0.456}, "baseline_mse": {"helpful": 1.0, "harmless": 0.9}},
+    }
+    return head
+
+
+def test_save_writes_card_with_objectives_policy_data_metrics(tmp_path):
+    head = _trained_looking_head()
+    head.save_pretrained(tmp_path)
+    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in tmp_path.iterdir()}
+    card = (tmp_path / "README.md").read_text()
+    for text in ("helpful", "harmless", "my-org/tiny-policy", "shared-trunk", "responses.jsonl", "0.123", "0.456"):
+        assert text in card, text
+    from huggingface_hub import ModelCard
+
+    data = ModelCard.load(tmp_path / "README.md").data
+    assert {"hf_rmod", "rmod", "value-model"} <= set(data.tags)
+    assert data.base_model == "my-org/tiny-policy"
+
+
+def test_push_to_hub_uploads_weights_config_and_card(monkeypatch):
+    import huggingface_hub
+
+    uploaded = {}
+
+    class RepoUrl:
+        repo_id = "me/value-head"
+
+    def fake_create_repo(self, repo_id, **kwargs):
+        uploaded["created"] = repo_id
+        return RepoUrl()
+
+    def fake_upload_folder(self, *, repo_id, folder_path, **kwargs):
+        uploaded["repo_id"] = repo_id
+        uploaded["files"] = {p.name: p.read_bytes() for p in __import__("pathlib").Path(folder_path).iterdir()}
+        return "commit-info"
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("network call during push_to_hub test")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", fake_create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", fake_upload_folder)
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_commit", no_network)
+    head = _trained_looking_head()
+    assert head.push_to_hub("me/value-head", tags=["extra-tag"]) == "commit-info"
+    assert uploaded["created"] == "me/value-head" and uploaded["repo_id"] == "me/value-head"
+    assert {"config.json", "model.safetensors", "README.md"} <= set(uploaded["files"])
+    card = uploaded["files"]["README.md"].decode()
+    assert "helpful" in card and "extra-tag" in card and "value-model" in card
+
+
+def test_pickle_only_checkpoint_is_refused(tmp_path):
+    head = MultiValueHead(MultiValueHeadConfig(objectives=["a"], hidden_size=8))
+    head.config.save_pretrained(tmp_path)
+    torch.save(head.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(OSError, match="pickle"):
+        MultiValueHead.from_pretrained(tmp_path)
+    with pytest.raises(OSError, match="pickle"):
+        AutoModel.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="use_safetensors"):
+        MultiValueHead.from_pretrained(tmp_path, use_safetensors=False)
+
+
+def test_config_naming_pickle_weights_is_refused(tmp_path):
+    import json
+
+    head = MultiValueHead(MultiValueHeadConfig(objectives=["a"], hidden_size=8))
+    head.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["transformers_weights"] = "adapter_model.bin"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="safetensors"):
+        MultiValueHead.from_pretrained(tmp_path)
+
+
+def _edit_config(path, **changes):
+    import json
+
+    config = json.loads((path / "config.json").read_text())
+    config.update(changes)
+    (path / "config.json").write_text(json.dumps(config))
+
+
+def _edit_weights(path, edit):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(path / "model.safetensors")
+    edit(state)
+    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize(
+    "corrupt, match",
+    [
+        (lambda p: _edit_config(p, objectives=["a", "b", "c"], reward_mean=None, reward_std=None), r"\(2, 8\) vs model \(3, 8\)"),
+        (lambda p: _edit_config(p, hidden_size=16), r"\(2, 8\) vs model \(2, 16\)"),
+        (lambda p: _edit_weights(p, lambda s: s.pop("head.layers.0.bias")), "missing_keys"),
+        (lambda p: _edit_weights(p, lambda s: s.update({"head.extra": torch.zeros(2)})), "unexpected_keys"),
+    ],
+)
+def test_mismatched_checkpoint_raises(tmp_path, corrupt, match):
+    MultiValueHead(MultiValueHeadConfig(objectives=["a", "b"], hidden_size=8)).save_pretrained(tmp_path)
+    corrupt(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        MultiValueHead.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=match):
+        AutoModel.from_pretrained(tmp_path)
+
+
+def test_check_compatible_errors_name_both_sides():
+    policy = tiny_llama()
+    wide = tiny_llama(hidden_size=48)
+    head = MultiValueHead.for_policy(policy, ["a", "b"])
+    head.check_compatible(policy)
+    with pytest.raises(ValueError, match=r"width 32.*width 48"):
+        head.check_compatible(wide)
+    with pytest.raises(ValueError, match=r"\['a', 'b'\].*\['a', 'b', 'c'\]"):
+        head.check_compatible(policy, objectives=["a", "b", "c"])
+    bigger_vocab = tiny_llama(vocab_size=96)
+    with pytest.raises(ValueError, match=r"64.*96"):
+        head.check_compatible(bigger_vocab)
+    backbone_head = MultiValueHead.from_backbone(tiny_gpt2(), ["a"])
+    backbone_head.check_compatible(policy)
+    with pytest.raises(ValueError, match=r"backbone vocabulary of 64.*96"):
+        backbone_head.check_compatible(bigger_vocab)
