@@ -7,13 +7,31 @@ weights ``w*`` and keeps the candidate with the largest ``w* · V``.
 
 __version__ = "0.1.0"
 
+from .config import RMODConfig
+from .generation import RMODOutput, RobustMultiObjectiveGenerator, enable, is_enabled
 from .modeling_value_head import MultiValueHead, MultiValueHeadConfig, MultiValueHeadOutput
 from .solver import SolverResult, solve_weights
+from .metrics import MetricSummary, bootstrap_ci, mean_rewards, summarize, worst_case_reward, worst_case_win_rate
+from .rewards import HFRewardModel, RewardFunction, score_rewards
 
 __all__ = [
+    "RMODConfig",
+    "RMODOutput",
+    "RobustMultiObjectiveGenerator",
+    "enable",
+    "is_enabled",
     "MultiValueHead",
     "MultiValueHeadConfig",
     "MultiValueHeadOutput",
     "SolverResult",
     "solve_weights",
+    "HFRewardModel",
+    "RewardFunction",
+    "score_rewards",
+    "MetricSummary",
+    "bootstrap_ci",
+    "mean_rewards",
+    "summarize",
+    "worst_case_reward",
+    "worst_case_win_rate",
 ]

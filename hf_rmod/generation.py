@@ -1,0 +1,379 @@
+"""The RMOD decoding loop and the `model.generate(..., rmod_config=cfg)` entry point.
+
+Algorithm 1 of the paper, block by block and for every prompt of the batch at once:
+
+1. sample K candidate blocks of B tokens from the unchanged reference policy (all of
+   ``generate``'s logits processors and stopping criteria apply);
+2. score each candidate with the multi-objective value model: ``V`` of shape (batch, K, G);
+3. solve eq. 7 for the worst-case weights ``w*`` on the simplex (`hf_rmod.solve_weights`);
+4. keep the candidate with the largest ``w*·V`` and append it.
+
+The prompt is prefilled once. Each block expands every active prompt's KV cache K times, samples
+B tokens for all rows in one batched loop, scores, solves and keeps the chosen rows of the cache
+— selecting the chosen rows and expanding them for the next block is a single cache reorder.
+A prompt whose chosen block ended (EOS) is dropped from later blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from transformers import GenerationMixin
+from transformers.utils import ModelOutput
+
+from . import solver as _solver
+from .config import RMODConfig
+from .modeling_value_head import MultiValueHead
+from .scoring import make_scorer
+
+_BATCH_KWARGS = ("attention_mask", "position_ids", "token_type_ids", "mm_token_type_ids")
+
+
+@dataclass
+class RMODOutput(ModelOutput):
+    """Output of ``generate(..., rmod_config=cfg, return_dict_in_generate=True)``.
+
+    Args:
+        sequences (`torch.LongTensor` of shape `(batch, prompt_len + new_tokens)`):
+            Prompts followed by the generated tokens; prompts that finished early are padded with
+            the pad token, as ``generate`` does.
+        weights (`torch.FloatTensor` of shape `(batch, n_blocks, G)`):
+            Objective weights used to choose each block (``w*`` in robust mode). Zero where
+            `block_mask` is False.
+        values (`torch.FloatTensor` of shape `(batch, n_blocks, K, G)`):
+            Value-model predictions of every candidate block (normalised value units). Zero where
+            `block_mask` is False.
+        chosen (`torch.LongTensor` of shape `(batch, n_blocks)`):
+            Index in ``[0, K)`` of the kept candidate of each block, ``-1`` where `block_mask` is False.
+        block_mask (`torch.BoolTensor` of shape `(batch, n_blocks)`):
+            True for the blocks a prompt actually decoded (a prompt that finished stops early).
+        solver_gap (`torch.FloatTensor` of shape `(batch, n_blocks)`, *optional*):
+            Frank–Wolfe duality gap of the solved weights (robust mode only): a certified bound on
+            how far ``F(w)`` is from its minimum.
+        objectives (`tuple[str]`):
+            The G objective names, in the order of the last dimension of `weights` and `values`.
+    """
+
+    sequences: torch.LongTensor = None
+    weights: torch.FloatTensor = None
+    values: torch.FloatTensor = None
+    chosen: torch.LongTensor = None
+    block_mask: torch.BoolTensor = None
+    solver_gap: Optional[torch.FloatTensor] = None
+    objectives: tuple = None
+
+
+def _resolve_value_model(cfg: RMODConfig, policy) -> MultiValueHead:
+    head = cfg.value_model
+    if isinstance(head, str):
+        head = MultiValueHead.from_pretrained(head, **cfg.value_model_kwargs)
+        cfg.value_model = head  # loaded once, reused by later calls with this config
+    head.check_compatible(policy)
+    if head.device != policy.device:
+        head.to(policy.device)
+    head.eval()
+    return head
+
+
+def _index_rows(model_kwargs: dict, index: torch.Tensor, rows: int) -> dict:
+    """Select / expand the batch rows of the per-row tensors of `model_kwargs` and of the cache."""
+    out = dict(model_kwargs)
+    for key, value in model_kwargs.items():
+        if key == "cache" and value is not None:
+            value.reorder_cache(index.to(_cache_device(value, index)))
+        elif isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows:
+            out[key] = value.index_select(0, index.to(value.device))
+    return out
+
+
+def _cache_device(cache, default: torch.Tensor) -> torch.device:
+    layers = getattr(cache, "layers", None)
+    if layers:
+        keys = getattr(layers[0], "keys", None)
+        if isinstance(keys, torch.Tensor):
+            return keys.device
+    return default.device
+
+
+class RobustMultiObjectiveGenerator:
+    """The RMOD decoding loop, run by ``generate`` through its ``custom_generate`` callable hook.
+
+    ``generate`` prepares everything first (generation config, logits processors and warpers,
+    stopping criteria, attention mask, position ids, an empty cache) and then calls this object.
+    Normally you do not call it yourself: use ``hf_rmod.enable(model)`` and
+    ``model.generate(..., rmod_config=cfg)``, or pass an instance as ``custom_generate``:
+
+    ```python
+    >>> out = model.generate(ids, custom_generate=RobustMultiObjectiveGenerator(), rmod_config=cfg)  # doctest: +SKIP
+    ```
+    """
+
+    def __call__(
+        self,
+        model,
+        input_ids: torch.LongTensor,
+        logits_processor,
+        stopping_criteria,
+        generation_config,
+        rmod_config: RMODConfig | None = None,
+        rmod_streamer=None,
+        **model_kwargs,
+    ):
+        if not isinstance(rmod_config, RMODConfig):
+            raise TypeError(
+                f"`rmod_config` must be an `hf_rmod.RMODConfig`, got {type(rmod_config).__name__}: "
+                "call `model.generate(..., rmod_config=RMODConfig(value_model=...))`."
+            )
+        if model.config.is_encoder_decoder:
+            raise ValueError("RMOD decodes causal (decoder-only) language models; this model is encoder-decoder.")
+        if generation_config.num_beams > 1:
+            raise ValueError(
+                f"`num_beams`={generation_config.num_beams} cannot be combined with `rmod_config`: RMOD samples "
+                "K candidate blocks itself. Set num_beams=1."
+            )
+        with torch.no_grad():
+            return self._decode(
+                model, input_ids, logits_processor, stopping_criteria, generation_config, rmod_config, rmod_streamer,
+                model_kwargs,
+            )
+
+    # ------------------------------------------------------------------------------------------
+    def _decode(self, model, input_ids, logits_processor, stopping_criteria, generation_config, cfg, streamer, model_kwargs):
+        head = _resolve_value_model(cfg, model)
+        objective_idx = cfg.resolve_objectives(head.objectives)
+        names = tuple(head.objectives[i] for i in objective_idx)
+        fixed = cfg.resolve_fixed_weights(names)
+        device = input_ids.device
+        obj_index = torch.tensor(objective_idx, device=device)
+        fixed_w = None if fixed is None else torch.tensor(fixed, dtype=torch.float32, device=device)  # (G,)
+
+        K, B, G = cfg.num_candidates, cfg.block_size, len(names)
+        batch, prompt_len = input_ids.shape
+        max_new = generation_config.max_length - prompt_len
+        pad_id = generation_config._pad_token_tensor
+        has_eos = any(hasattr(c, "eos_token_id") for c in stopping_criteria)
+        if has_eos and pad_id is None:
+            raise ValueError("an EOS stopping criterion needs `pad_token_id` to pad finished candidates; set it.")
+        do_sample = generation_config.do_sample
+        sync_every = 1 if device.type == "cpu" else 4
+
+        n_blocks_max = max(1, -(-max_new // B))
+        weights_hist = torch.zeros(batch, n_blocks_max, G, device=device)  # (batch, n_blocks, G)
+        values_hist = torch.zeros(batch, n_blocks_max, K, G, device=device)  # (batch, n_blocks, K, G)
+        gap_hist = torch.zeros(batch, n_blocks_max, device=device) if cfg.calls_solver else None
+        chosen_hist = torch.full((batch, n_blocks_max), -1, dtype=torch.long, device=device)
+        new_tokens = torch.full((batch, max(max_new, 0)), 0 if pad_id is None else int(pad_id), dtype=torch.long, device=device)
+        new_len = torch.zeros(batch, dtype=torch.long, device=device)  # (batch,) real generated tokens
+
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
+
+        scorer = make_scorer(head, model)
+        try:
+            with model._optimize_model_for_decode():
+                prompt_mask = model_kwargs.get("attention_mask")  # (batch, prompt_len) or None: no padding
+                outputs = model._prefill(input_ids, generation_config, model_kwargs)
+                model_kwargs = model._update_model_kwargs_for_generation(outputs, model_kwargs)
+                logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32, device=device)  # (batch, V)
+                del outputs
+                scorer.prefill(input_ids, prompt_mask)
+
+                active = torch.arange(batch, device=device)  # prompts still decoding
+                index = active.repeat_interleave(K)  # rows of the next block, into the current rows
+                rows_now, ids, generated, n_blocks = batch, input_ids, 0, 0
+                while generated < max_new:
+                    # ---- expand the chosen rows K times (one cache reorder) ----
+                    model_kwargs = _index_rows(model_kwargs, index, rows_now)
+                    ids, logits = ids.index_select(0, index), logits.index_select(0, index)
+                    scorer.reorder(index)
+                    rows_now = ids.shape[0]  # n_active * K
+
+                    # ---- sample the candidate blocks ----
+                    length = min(B, max_new - generated)
+                    ids, logits, model_kwargs, unfinished, real = self._sample_block(
+                        model, ids, logits, model_kwargs, logits_processor, stopping_criteria, length, do_sample,
+                        has_eos, pad_id, scorer, sync_every,
+                    )
+                    length = real.shape[1]  # the block may end early when every row finished
+                    block = ids[:, -length:]  # (rows, L)
+
+                    # ---- score, solve, select ----
+                    n_act = active.shape[0]
+                    values = scorer.block_values(block, real).to(device).index_select(-1, obj_index)
+                    values = values.view(n_act, K, G)  # (n_act, K, G)
+                    w, gap = self._weights(values, cfg, fixed_w)  # (n_act, G)
+                    choice = self._select(values, w, cfg)  # (n_act,)
+                    chosen_rows = torch.arange(n_act, device=device) * K + choice  # (n_act,)
+
+                    weights_hist[active, n_blocks] = w
+                    values_hist[active, n_blocks] = values
+                    chosen_hist[active, n_blocks] = choice
+                    if gap is not None:
+                        gap_hist[active, n_blocks] = gap
+                    chosen_block = block.index_select(0, chosen_rows)  # (n_act, L)
+                    new_tokens[active, generated : generated + length] = chosen_block
+                    new_len[active] = generated + real.index_select(0, chosen_rows).sum(-1)
+                    if streamer is not None:
+                        self._stream(streamer, chosen_block, real.index_select(0, chosen_rows), active, batch, pad_id)
+                    generated += length
+                    n_blocks += 1
+
+                    # ---- keep the chosen rows of prompts that are not finished ----
+                    still = unfinished.index_select(0, chosen_rows)  # (n_act,)
+                    if generated >= max_new or not bool(still.any()):
+                        break
+                    active = active[still]
+                    index = chosen_rows[still].repeat_interleave(K)
+        finally:
+            scorer.close()
+
+        if streamer is not None:
+            streamer.end()
+        total = int(new_len.max()) if batch > 0 else 0
+        sequences = torch.cat([input_ids, new_tokens[:, :total]], dim=-1)
+        if not generation_config.return_dict_in_generate:
+            return sequences
+        block_mask = chosen_hist[:, :n_blocks] >= 0
+        return RMODOutput(
+            sequences=sequences,
+            weights=weights_hist[:, :n_blocks],
+            values=values_hist[:, :n_blocks],
+            chosen=chosen_hist[:, :n_blocks],
+            block_mask=block_mask,
+            solver_gap=None if gap_hist is None else gap_hist[:, :n_blocks],
+            objectives=names,
+        )
+
+    # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _sample_block(model, ids, logits, model_kwargs, logits_processor, stopping_criteria, length, do_sample,
+                      has_eos, pad_id, scorer, sync_every):
+        """Sample `length` tokens for every row (the same steps as ``generate``'s ``_sample``).
+
+        After each sampled token the token is fed to the policy, so that when the block ends the
+        cache, the next-token logits and the value scorer all include the whole block.
+        Returns the grown ids, next logits, model kwargs, the per-row unfinished flags and the
+        (rows, L) mask of real (non-padding) block tokens.
+        """
+        rows = ids.shape[0]
+        unfinished = torch.ones(rows, dtype=torch.bool, device=ids.device)  # (rows,)
+        real_steps = []
+        for step in range(length):
+            scores = logits_processor(ids, logits)  # (rows, V)
+            if do_sample:
+                probs = torch.nn.functional.softmax(scores, dim=-1)
+                tokens = torch.multinomial(probs, num_samples=1).squeeze(1)  # (rows,)
+            else:
+                tokens = torch.argmax(scores, dim=-1)
+            real = unfinished
+            if has_eos:
+                tokens = torch.where(real, tokens, pad_id)
+            ids = torch.cat([ids, tokens[:, None]], dim=-1)  # (rows, len + 1)
+            real_steps.append(real)
+            unfinished = unfinished & ~stopping_criteria(ids, scores)
+
+            model_inputs = model.prepare_inputs_for_generation(ids, next_sequence_length=1, **model_kwargs)
+            outputs = model(**model_inputs, return_dict=True)
+            model_kwargs = model._update_model_kwargs_for_generation(outputs, model_kwargs)
+            logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32, device=ids.device)
+            del outputs
+            scorer.observe(real)
+            if (step + 1) % sync_every == 0 and not bool(unfinished.any()):
+                break
+        return ids, logits, model_kwargs, unfinished, torch.stack(real_steps, dim=1)  # real: (rows, L)
+
+    @staticmethod
+    def _weights(values: torch.Tensor, cfg: RMODConfig, fixed_w: torch.Tensor | None):
+        """(n, K, G) values -> (n, G) weights and the solver gap (None when no solver runs)."""
+        if fixed_w is not None:
+            return fixed_w.expand(values.shape[0], -1), None
+        sol = _solver.solve_weights(values, cfg.lam, method=cfg.solver, **cfg.solver_options)
+        return sol.weights.to(torch.float32), sol.gap.to(torch.float32)
+
+    @staticmethod
+    def _select(values: torch.Tensor, w: torch.Tensor, cfg: RMODConfig) -> torch.Tensor:
+        """Index of the kept candidate per prompt: argmax of w·V, or a draw ∝ exp(λ w·V)."""
+        score = torch.einsum("nkg,ng->nk", values, w)  # (n, K)
+        if cfg.selection == "sample" and score.shape[1] > 1:
+            probs = torch.softmax(cfg.lam * score, dim=-1)
+            return torch.multinomial(probs, num_samples=1).squeeze(1)
+        return score.argmax(dim=-1)
+
+    @staticmethod
+    def _stream(streamer, chosen_block, chosen_real, active, batch, pad_id):
+        if batch == 1:
+            streamer.put(chosen_block[:, : int(chosen_real.sum())].cpu())
+            return
+        full = torch.full((batch, chosen_block.shape[1]), 0 if pad_id is None else int(pad_id), dtype=torch.long,
+                          device=chosen_block.device)
+        full[active] = chosen_block
+        streamer.put(full.cpu())
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+def generate(model, inputs: torch.Tensor | None = None, *, rmod_config: RMODConfig, streamer=None, **kwargs):
+    """Run RMOD through ``GenerationMixin.generate`` with every standard preparation step.
+
+    Equivalent to ``hf_rmod.enable(model).generate(inputs, rmod_config=rmod_config, **kwargs)``.
+    """
+    if kwargs.get("custom_generate") is not None:
+        raise ValueError("`custom_generate` cannot be combined with `rmod_config`: RMOD is itself the decoding loop.")
+    if kwargs.get("assistant_model") is not None:
+        raise ValueError("`assistant_model` (assisted decoding) cannot be combined with `rmod_config`.")
+    kwargs.pop("custom_generate", None)
+    return GenerationMixin.generate(
+        model,
+        inputs,
+        custom_generate=RobustMultiObjectiveGenerator(),
+        rmod_config=rmod_config,
+        rmod_streamer=streamer,
+        **kwargs,
+    )
+
+
+class _RMODGenerate:
+    """The ``generate`` that `enable` installs on one model instance.
+
+    Calls without ``rmod_config`` go to the class's own ``generate`` untouched. A plain object
+    (not a bound function) so that ``copy.deepcopy`` rebinds it to the copy and pickling works.
+    """
+
+    def __init__(self, model):
+        self.__self__ = model
+        self.__doc__ = type(model).generate.__doc__
+
+    def __call__(self, *args, rmod_config: RMODConfig | None = None, **kwargs):
+        model = self.__self__
+        if rmod_config is None:
+            return type(model).generate(model, *args, **kwargs)
+        return generate(model, *args, rmod_config=rmod_config, **kwargs)
+
+
+def enable(model):
+    """Make ``model.generate(..., rmod_config=cfg)`` run RMOD; returns the same model object.
+
+    Only this instance's ``generate`` is wrapped: calls without ``rmod_config`` behave exactly as
+    before, other models and the class are untouched, ``config.architectures`` and
+    ``save_pretrained`` are unaffected, and ``copy.deepcopy`` / pickling keep working.
+
+    ```python
+    >>> model = hf_rmod.enable(AutoModelForCausalLM.from_pretrained(...))  # doctest: +SKIP
+    >>> out = model.generate(ids, rmod_config=RMODConfig(value_model=head), max_new_tokens=64)  # doctest: +SKIP
+    ```
+    """
+    if not isinstance(model, GenerationMixin):
+        raise TypeError(
+            f"`enable` needs a transformers model with `generate` (a GenerationMixin), got {type(model).__name__}."
+        )
+    if is_enabled(model):
+        return model
+    model.generate = _RMODGenerate(model)
+    return model
+
+
+def is_enabled(model: Any) -> bool:
+    """Whether `enable` was applied to this model instance."""
+    current = getattr(model, "__dict__", {}).get("generate")
+    return isinstance(current, _RMODGenerate) and current.__self__ is model

@@ -1,0 +1,135 @@
+"""Value scorers: how the decoding loop obtains ``V(x, y^t; z)`` for each candidate block.
+
+Two scorers share one small interface used by :class:`~hf_rmod.RobustMultiObjectiveGenerator`:
+
+* :class:`PolicyHiddenStateScorer` — for a shared-trunk `MultiValueHead`: a forward pre-hook on
+  the policy's output embedding (``lm_head``) records exactly what ``lm_head`` sees (the final,
+  normalised hidden state at the last position), so scoring costs no extra forward pass.
+* :class:`CachedBackboneScorer` — for a `MultiValueHead` with its own backbone that shares the
+  policy's tokenizer: it keeps its own KV cache, prefills the prompt once and then processes only
+  the B new tokens of each candidate block.
+
+Interface (``rows`` = number of live candidate rows, ``prompt`` + generated tokens so far):
+
+``prefill(input_ids, attention_mask)`` once, after the policy's prefill;
+``observe(real)`` after every policy forward of one new token (``real``: (rows,) bool, the fed
+token is a real token, not padding after EOS);
+``block_values(block_ids, block_real) -> (rows, G_all)`` at the end of every block;
+``reorder(index)`` whenever rows are expanded / selected (index into the current rows);
+``close()`` to remove hooks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .modeling_value_head import MultiValueHead
+
+
+class PolicyHiddenStateScorer:
+    """Scores candidates with a shared-trunk head on the policy's own final hidden state.
+
+    Args:
+        head (`MultiValueHead`): a head with ``uses_policy_hidden_states == True``.
+        policy (`PreTrainedModel`): the policy whose ``get_output_embeddings()`` is hooked.
+    """
+
+    def __init__(self, head: MultiValueHead, policy: nn.Module):
+        self.head = head
+        lm_head = policy.get_output_embeddings()
+        if lm_head is None:
+            raise ValueError(
+                f"{type(policy).__name__} has no output embedding (`get_output_embeddings()` is None): a "
+                "shared-trunk value head needs the hidden state that feeds the LM head. Use a value head with "
+                "its own backbone (`MultiValueHead.from_backbone`)."
+            )
+        self._last: torch.Tensor | None = None  # (rows, H) hidden state of the latest forward
+        self._kept: torch.Tensor | None = None  # (rows, H) hidden state at each row's last real token
+        self._handle = lm_head.register_forward_pre_hook(self._capture)
+
+    def _capture(self, module: nn.Module, args: tuple) -> None:
+        hidden = args[0]  # (rows, T, H); T == 1 with logits_to_keep=1
+        self._last = hidden[:, -1].detach()  # (rows, H)
+
+    def _take_last(self) -> torch.Tensor:
+        if self._last is None:
+            raise RuntimeError("the policy's LM head was not called: cannot read its hidden state")
+        return self._last
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        self._kept = self._take_last()
+
+    def observe(self, real: torch.Tensor) -> None:
+        last = self._take_last()
+        self._kept = torch.where(real[:, None], last, self._kept)  # (rows, H)
+
+    def block_values(self, block_ids: torch.Tensor, block_real: torch.Tensor) -> torch.Tensor:
+        return self.head.score_hidden_states(self._kept)  # (rows, G_all) float32
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self._kept = self._kept.index_select(0, index)
+        self._last = None
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+class CachedBackboneScorer:
+    """Scores candidates with a value model that has its own backbone and KV cache.
+
+    The value model must read the policy's token ids (same tokenizer). Only the B new tokens
+    of each block are processed; the prompt is encoded once.
+    """
+
+    def __init__(self, head: MultiValueHead):
+        from transformers import DynamicCache
+
+        self.head = head
+        self.cache = DynamicCache(config=head.backbone.config)
+        self.mask: torch.Tensor | None = None  # (rows, seen) 1 for real tokens
+        self.next_pos: torch.Tensor | None = None  # (rows,) position id of the next token
+
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        device = self.head.device
+        input_ids = input_ids.to(device)
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device).long()
+        position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # (rows, prompt_len)
+        self.head(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, cache=self.cache, use_cache=True)
+        self.mask = mask
+        self.next_pos = position_ids[:, -1] + 1
+
+    def observe(self, real: torch.Tensor) -> None:
+        pass
+
+    @torch.no_grad()
+    def block_values(self, block_ids: torch.Tensor, block_real: torch.Tensor) -> torch.Tensor:
+        device = self.head.device
+        block_ids = block_ids.to(device)
+        rows, length = block_ids.shape
+        self.mask = torch.cat([self.mask, self.mask.new_ones(rows, length)], dim=-1)  # (rows, seen + L)
+        position_ids = self.next_pos[:, None] + torch.arange(length, device=device)  # (rows, L)
+        out = self.head(
+            input_ids=block_ids, attention_mask=self.mask, position_ids=position_ids, cache=self.cache, use_cache=True
+        )
+        self.next_pos = self.next_pos + length
+        last = block_real.to(device).long().sum(-1).clamp(min=1) - 1  # (rows,) index of the last real token
+        values = out.values[torch.arange(rows, device=device), last]  # (rows, G_all)
+        return values
+
+    def reorder(self, index: torch.Tensor) -> None:
+        index = index.to(self.head.device)
+        self.cache.reorder_cache(index)
+        self.mask = self.mask.index_select(0, index)
+        self.next_pos = self.next_pos.index_select(0, index)
+
+    def close(self) -> None:
+        self.cache = None
+
+
+def make_scorer(head: MultiValueHead, policy: nn.Module):
+    """The scorer that fits `head`: hidden-state hook for a shared trunk, cached backbone otherwise."""
+    if head.uses_policy_hidden_states:
+        return PolicyHiddenStateScorer(head, policy)
+    return CachedBackboneScorer(head)
