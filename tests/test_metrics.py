@@ -1,0 +1,121 @@
+"""Tests for hf_rmod.metrics (paper Section 6.1): hand-checkable values, intervals, validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hf_rmod.metrics import (
+    MetricSummary,
+    bootstrap_ci,
+    mean_rewards,
+    summarize,
+    worst_case_reward,
+    worst_case_win_rate,
+)
+
+
+METHOD = [[1.0, 3.0], [2.0, 0.0], [5.0, 4.0], [1.0, 1.0]]  # minima 1, 0, 4, 1
+REFERENCE = [[0.0, 2.0], [1.0, 1.0], [4.0, 6.0], [1.0, 2.0]]  # minima 0, 1, 4, 1
+
+
+def test_hand_checked_values():
+    np.testing.assert_allclose(mean_rewards(METHOD), [9 / 4, 8 / 4])
+    assert worst_case_reward(METHOD) == pytest.approx((1 + 0 + 4 + 1) / 4)
+    # win, loss, tie, tie -> (1 + 0 + 0.5 + 0.5) / 4
+    assert worst_case_win_rate(METHOD, REFERENCE) == pytest.approx(0.5)
+    assert worst_case_win_rate(REFERENCE, METHOD) == pytest.approx(0.5)
+    assert worst_case_win_rate([[2.0, 2.0]], [[1.0, 5.0]]) == 1.0
+
+
+def test_accepts_torch_numpy_lists_and_1d():
+    t = torch.tensor(METHOD)
+    assert worst_case_reward(t) == worst_case_reward(np.array(METHOD)) == worst_case_reward(METHOD)
+    np.testing.assert_allclose(mean_rewards([1.0, 2.0, 3.0]), [2.0])  # (n,) is one objective
+
+
+def test_identical_responses_tie_at_half():
+    rng = np.random.default_rng(0)
+    r = rng.normal(size=(50, 3))
+    assert worst_case_win_rate(r, r) == 0.5
+
+
+def test_win_rate_uses_min_not_mean():
+    method = [[10.0, -1.0]]  # better mean, worse minimum
+    reference = [[0.0, 0.0]]
+    assert worst_case_win_rate(method, reference) == 0.0
+
+
+def test_inputs_not_modified():
+    m, r = np.array(METHOD), np.array(REFERENCE)
+    m0, r0 = m.copy(), r.copy()
+    summarize(m, r, ["a", "b"], n_resamples=50)
+    np.testing.assert_array_equal(m, m0)
+    np.testing.assert_array_equal(r, r0)
+
+
+def test_validation_errors():
+    with pytest.raises(ValueError, match="same shape"):
+        worst_case_win_rate(METHOD, REFERENCE[:3])
+    with pytest.raises(ValueError, match="NaN"):
+        worst_case_reward([[1.0, float("nan")]])
+    with pytest.raises(ValueError, match=r"shape \(n, G\)"):
+        mean_rewards(np.zeros((2, 2, 2)))
+    with pytest.raises(ValueError, match="empty"):
+        worst_case_reward(np.zeros((0, 2)))
+    with pytest.raises(ValueError, match="`objectives` has 1 names"):
+        summarize(METHOD, REFERENCE, ["a"])
+    with pytest.raises(ValueError, match="confidence"):
+        bootstrap_ci(np.mean, np.arange(5.0), confidence=95)
+    with pytest.raises(ValueError, match="n_resamples"):
+        bootstrap_ci(np.mean, np.arange(5.0), n_resamples=0)
+    with pytest.raises(ValueError, match="same number of rows"):
+        bootstrap_ci(lambda a, b: 0.0, np.arange(5.0), np.arange(4.0))
+
+
+def test_bootstrap_ci_contains_estimate_and_is_seeded():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=200)
+    low, high = bootstrap_ci(np.mean, x, n_resamples=500)
+    assert low < x.mean() < high
+    assert (low, high) == bootstrap_ci(np.mean, x, n_resamples=500)
+    assert bootstrap_ci(np.mean, x, n_resamples=500, seed=1) != (low, high)
+    wide = bootstrap_ci(np.mean, x, n_resamples=500, confidence=0.99)
+    assert wide[0] <= low and wide[1] >= high
+
+
+def test_bootstrap_resampling_is_paired():
+    # With paired resampling the difference of identical arrays is exactly 0 on every resample.
+    x = np.random.default_rng(2).normal(size=(30, 2))
+    assert bootstrap_ci(lambda a, b: (a - b).mean(), x, x.copy(), n_resamples=100) == (0.0, 0.0)
+
+
+def test_bootstrap_coverage_on_known_distribution():
+    # 95% intervals for the mean of N(1, 1) samples of size 100 should cover 1.0 about 95% of the time.
+    rng = np.random.default_rng(3)
+    trials = 150
+    covered = 0
+    for t in range(trials):
+        x = rng.normal(loc=1.0, size=100)
+        low, high = bootstrap_ci(np.mean, x, n_resamples=300, seed=t)
+        covered += low <= 1.0 <= high
+    assert 0.88 <= covered / trials <= 0.99
+
+
+def test_summarize_fields_and_intervals():
+    rng = np.random.default_rng(4)
+    reference = rng.normal(size=(80, 2))
+    method = reference + 0.5  # uniformly better: wins every prompt
+    s = summarize(torch.tensor(method), reference, ["harmless", "helpful"], n_resamples=200)
+    assert isinstance(s, MetricSummary) and s.n_prompts == 80 and s.objectives == ["harmless", "helpful"]
+    assert s.worst_case_win_rate == 1.0 and s.worst_case_win_rate_ci == (1.0, 1.0)
+    assert s.worst_case_reward == pytest.approx(worst_case_reward(method))
+    assert s.reference_worst_case_reward == pytest.approx(worst_case_reward(reference))
+    lo, hi = s.worst_case_reward_ci
+    assert lo < s.worst_case_reward < hi
+    for j, g in enumerate(s.objectives):
+        assert s.mean_rewards[g] == pytest.approx(method[:, j].mean())
+        assert s.mean_rewards_ci[g][0] < s.mean_rewards[g] < s.mean_rewards_ci[g][1]
+    assert "worst-case win rate: 1.0000" in str(s)
+    assert s.to_dict()["n_prompts"] == 80
