@@ -85,11 +85,11 @@ def test_default_policy_loads_and_generates_left_padded():
     assert ids.shape[0] == 2 and mask[0, 0] == 0 and mask[:, -1].all()  # left padded
     assert "<|im_start|>assistant" in tok.decode(ids[1])
     with torch.no_grad():
-        out = model.generate(**batch, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
-    assert out.shape == (2, ids.shape[1] + 4)
+        out = model.generate(**batch, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape == (2, ids.shape[1] + 3)
     # Greedy continuation of the padded short prompt equals the unpadded one.
     single = defaults.build_chat_prompts(tok, ["Hi!"])
     with torch.no_grad():
-        alone = model.generate(**single, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
-    assert out[0, -4:].tolist() == alone[0, -4:].tolist()
+        alone = model.generate(**single, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out[0, -3:].tolist() == alone[0, -3:].tolist()
     print(f"default policy load: {load_s:.1f} s")

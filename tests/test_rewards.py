@@ -138,12 +138,13 @@ def tiny_classifier(arch: str, num_labels: int, vocab_size: int, seed: int = 0, 
     if arch == "gpt2":
         config = GPT2Config(
             vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=128, num_labels=num_labels,
-            pad_token_id=0, **config_kwargs,
+            pad_token_id=0, bos_token_id=2, eos_token_id=2, **config_kwargs,
         )
         return GPT2ForSequenceClassification(config).eval()
     config = LlamaConfig(
         vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=128, num_labels=num_labels, pad_token_id=0, **config_kwargs,
+        num_key_value_heads=2, max_position_embeddings=128, num_labels=num_labels, pad_token_id=0, bos_token_id=2,
+        eos_token_id=2, **config_kwargs,
     )
     return LlamaForSequenceClassification(config).eval()
 
