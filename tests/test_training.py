@@ -278,3 +278,105 @@ def test_training_validates_inputs(setup):
     other = MultiValueHead.for_policy(policy, ["good_fraction", "missing"])
     with pytest.raises(ValueError, match="missing"):
         train_value_head(other, records, policy, epochs=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# multi-process (accelerate launch) and CLI
+# ----------------------------------------------------------------------------------------------------------------
+
+_DDP_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from accelerate import Accelerator
+    sys.path.insert(0, {tests_dir!r})
+    from test_training import OBJECTIVES, tiny_policy
+    from hf_rmod.modeling_value_head import MultiValueHead
+    from hf_rmod.training import load_records, train_value_head
+
+    accelerator = Accelerator(cpu=True)
+    policy = tiny_policy()
+    torch.manual_seed(0)
+    head = MultiValueHead.for_policy(policy, OBJECTIVES)
+    result = train_value_head(head, load_records({records!r}), policy, epochs=2, lr=1e-2, batch_size=8, seed=0,
+                              output_dir={output_dir!r}, accelerator=accelerator, show_progress=False)
+    if accelerator.is_main_process:
+        json.dump({{"processes": accelerator.num_processes, "val_mse": result.val_mse,
+                    "baseline": result.baseline_mse}}, open({report!r}, "w"))
+    """
+)
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None and not Path(sys.executable).with_name("accelerate").exists(),
+                    reason="the `accelerate` CLI is not installed")
+def test_train_under_accelerate_launch_two_processes(setup, tmp_path):
+    _, _, records = setup
+    records_path = tmp_path / "records.jsonl"
+    records_path.write_text("".join(json.dumps(r) + "\n" for r in records[:160]))
+    script = tmp_path / "ddp_train.py"
+    report = tmp_path / "report.json"
+    script.write_text(_DDP_SCRIPT.format(tests_dir=str(Path(__file__).parent), records=str(records_path),
+                                         output_dir=str(tmp_path / "run"), report=str(report)))
+    launcher = shutil.which("accelerate") or str(Path(sys.executable).with_name("accelerate"))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "OMP_NUM_THREADS": "1",
+           "ACCELERATE_CONFIG_FILE": str(tmp_path / "none.yaml")}
+    proc = subprocess.run(
+        # accelerate 1.15: `--cpu --num_processes 2` runs ONE process (simple launcher, multi-CPU needs MPI);
+        # `--multi_gpu` goes through torchrun and, with Accelerator(cpu=True), gives 2 gloo processes on CPU.
+        [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "--main_process_port", "0", str(script)],
+        capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(report.read_text())
+    assert out["processes"] == 2
+    assert set(out["val_mse"]) == set(OBJECTIVES)
+    assert all(v == v and v > 0 for v in out["val_mse"].values())
+    assert (tmp_path / "run" / "best" / "model.safetensors").exists()
+
+
+def test_cli_parsers_and_spec_errors(tmp_path):
+    import argparse
+
+    from hf_rmod.training import _load_callable
+
+    parser = argparse.ArgumentParser(prog="hf-rmod")
+    add_cli_parsers(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["sample", "--policy", "p", "--prompts", "x.jsonl", "--reward",
+                              "good=test_training:good_fraction", "-n", "3", "-o", "out.jsonl"])
+    assert args.command == "sample" and args.num_responses == 3 and callable(args.func)
+    args = parser.parse_args(["train-value", "--records", "r.jsonl", "--policy", "p", "-o", "run", "--epochs", "2",
+                              "--head-type", "mlp"])
+    assert args.epochs == 2 and args.head_type == "mlp" and args.kind == "shared"
+    sys.path.insert(0, str(Path(__file__).parent))
+    name, fn = _load_callable("good=test_training:good_fraction")
+    assert name == "good" and fn is good_fraction
+    with pytest.raises(argparse.ArgumentTypeError, match="NAME=MODULE:CALLABLE"):
+        _load_callable("good=nomodule")
+    with pytest.raises(argparse.ArgumentTypeError, match="no attribute"):
+        _load_callable("good=test_training:nothing_here")
+
+
+def test_cli_sample_then_train_end_to_end(tmp_path, monkeypatch):
+    import argparse
+
+    policy, tokenizer = tiny_policy(), tiny_tokenizer()
+    policy.save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in make_prompts(10)))
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    parser = argparse.ArgumentParser(prog="hf-rmod")
+    add_cli_parsers(parser.add_subparsers(dest="command"))
+    args = parser.parse_args([
+        "sample", "--policy", str(tmp_path / "policy"), "--prompts", str(tmp_path / "prompts.jsonl"),
+        "--reward", "good_fraction=test_training:good_fraction", "--reward", "length_fraction=test_training:length_fraction",
+        "-n", "4", "--max-new-tokens", str(MAX_NEW), "--no-chat-template", "-o", str(tmp_path / "rec.jsonl"), "--seed", "0",
+    ])
+    assert args.func(args) == 0
+    assert len((tmp_path / "rec.jsonl").read_text().splitlines()) == 40
+    args = parser.parse_args(["train-value", "--records", str(tmp_path / "rec.jsonl"), "--policy", str(tmp_path / "policy"),
+                              "-o", str(tmp_path / "run"), "--epochs", "1"])
+    assert args.func(args) == 0
+    loaded = MultiValueHead.from_pretrained(tmp_path / "run" / "best")
+    assert loaded.objectives == OBJECTIVES
+    assert loaded.config.policy_name_or_path == str(tmp_path / "policy")
