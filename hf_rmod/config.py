@@ -65,6 +65,17 @@ class RMODConfig:
             Keyword arguments for ``MultiValueHead.from_pretrained`` when `value_model` is a
             path or Hub id (e.g. ``{"revision": "main"}``). ``trust_remote_code`` is never set
             for you.
+        value_tokenizer (`PreTrainedTokenizerBase`, *optional*):
+            Only for a value model with its own backbone that does **not** share the policy's
+            tokenizer: every block, each candidate's text (prompt + response so far) is decoded with
+            `tokenizer` and re-encoded with `value_tokenizer` for a full forward of the value model.
+            Correct but slower than the default path, where the value model reads the policy's
+            token ids and keeps its own KV cache. Requires `tokenizer`.
+        tokenizer (`PreTrainedTokenizerBase`, *optional*):
+            The policy's tokenizer; needed only together with `value_tokenizer`.
+        value_max_length (`int`, *optional*):
+            With `value_tokenizer`: keep at most this many value-model tokens (the most recent
+            ones; default: the value tokenizer's ``model_max_length`` when it is finite).
 
     Example:
 
@@ -86,6 +97,9 @@ class RMODConfig:
     solver: str = "exact"
     solver_options: dict[str, Any] = field(default_factory=dict)
     value_model_kwargs: dict[str, Any] = field(default_factory=dict)
+    value_tokenizer: Any = None
+    tokenizer: Any = None
+    value_max_length: int | None = None
 
     def __post_init__(self) -> None:
         if self.value_model is None:
@@ -127,6 +141,17 @@ class RMODConfig:
             )
         if not isinstance(self.value_model_kwargs, dict):
             raise TypeError(f"`value_model_kwargs` must be a dict, got {type(self.value_model_kwargs).__name__}.")
+        for name in ("value_tokenizer", "tokenizer"):
+            tok = getattr(self, name)
+            if tok is not None and not (callable(tok) and hasattr(tok, "batch_decode")):
+                raise TypeError(f"`{name}` must be a transformers tokenizer, got {type(tok).__name__}.")
+        if self.value_tokenizer is not None and self.tokenizer is None:
+            raise ValueError(
+                "`value_tokenizer` re-tokenises candidate text, which needs the policy's tokenizer too: pass "
+                "`tokenizer=<the policy's tokenizer>`."
+            )
+        if self.value_max_length is not None:
+            self.value_max_length = _positive_int("value_max_length", self.value_max_length, "e.g. value_max_length=1024")
 
     # ------------------------------------------------------------------ helpers used by the decoder
     @property

@@ -70,7 +70,8 @@ def _resolve_value_model(cfg: RMODConfig, policy) -> MultiValueHead:
     if isinstance(head, str):
         head = MultiValueHead.from_pretrained(head, **cfg.value_model_kwargs)
         cfg.value_model = head  # loaded once, reused by later calls with this config
-    head.check_compatible(policy)
+    if cfg.value_tokenizer is None:  # re-tokenising value models never see the policy's ids or states
+        head.check_compatible(policy)
     if head.device != policy.device:
         head.to(policy.device)
     head.eval()
@@ -170,7 +171,7 @@ class RobustMultiObjectiveGenerator:
         if streamer is not None:
             streamer.put(input_ids.cpu())
 
-        scorer = make_scorer(head, model)
+        scorer = make_scorer(head, model, cfg)
         try:
             with model._optimize_model_for_decode():
                 prompt_mask = model_kwargs.get("attention_mask")  # (batch, prompt_len) or None: no padding

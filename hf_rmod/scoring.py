@@ -8,6 +8,8 @@ Two scorers share one small interface used by :class:`~hf_rmod.RobustMultiObject
 * :class:`CachedBackboneScorer` — for a `MultiValueHead` with its own backbone that shares the
   policy's tokenizer: it keeps its own KV cache, prefills the prompt once and then processes only
   the B new tokens of each candidate block.
+* :class:`RetokenizingScorer` — for a backbone value model with another tokenizer
+  (``RMODConfig(value_tokenizer=..., tokenizer=...)``): re-encodes each candidate's text per block.
 
 Interface (``rows`` = number of live candidate rows, ``prompt`` + generated tokens so far):
 
@@ -128,8 +130,70 @@ class CachedBackboneScorer:
         self.cache = None
 
 
-def make_scorer(head: MultiValueHead, policy: nn.Module):
-    """The scorer that fits `head`: hidden-state hook for a shared trunk, cached backbone otherwise."""
+class RetokenizingScorer:
+    """Scores candidates with a backbone value model that uses a different tokenizer.
+
+    Every block, each row's text (prompt + response so far, decoded with the policy's tokenizer
+    without special tokens) is re-encoded with the value model's tokenizer and run through the
+    value model in full. Correct for any pair of tokenizers; costs a full forward per block.
+    """
+
+    def __init__(self, head: MultiValueHead, tokenizer, value_tokenizer, max_length: int | None = None):
+        self.head = head
+        self.tokenizer = tokenizer
+        self.value_tokenizer = value_tokenizer
+        limit = getattr(value_tokenizer, "model_max_length", None)
+        self.max_length = max_length or (limit if isinstance(limit, int) and limit < 1_000_000 else None)
+        self.ids: torch.Tensor | None = None  # (rows, seen) policy token ids, prompt + response
+        self.real: torch.Tensor | None = None  # (rows, seen) True for real (non-padding) tokens
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+        self.ids = input_ids
+        self.real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+
+    def observe(self, real: torch.Tensor) -> None:
+        pass
+
+    def texts(self) -> list[str]:
+        rows = [ids[real].tolist() for ids, real in zip(self.ids.cpu(), self.real.cpu())]
+        return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+    @torch.no_grad()
+    def block_values(self, block_ids: torch.Tensor, block_real: torch.Tensor) -> torch.Tensor:
+        self.ids = torch.cat([self.ids, block_ids.to(self.ids.device)], dim=-1)
+        self.real = torch.cat([self.real, block_real.to(self.real.device)], dim=-1)
+        tok = self.value_tokenizer
+        side, tside = tok.padding_side, getattr(tok, "truncation_side", "right")
+        tok.padding_side, tok.truncation_side = "right", "left"  # keep the most recent tokens
+        try:
+            enc = tok(self.texts(), return_tensors="pt", padding=True, truncation=self.max_length is not None,
+                      max_length=self.max_length)
+        finally:
+            tok.padding_side, tok.truncation_side = side, tside
+        device = self.head.device
+        mask = enc["attention_mask"].to(device)  # (rows, T)
+        out = self.head(input_ids=enc["input_ids"].to(device), attention_mask=mask)
+        last = mask.sum(-1).clamp(min=1) - 1  # (rows,) last real value-model token
+        return out.values[torch.arange(mask.shape[0], device=device), last]  # (rows, G_all)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.ids = self.ids.index_select(0, index.to(self.ids.device))
+        self.real = self.real.index_select(0, index.to(self.real.device))
+
+    def close(self) -> None:
+        pass
+
+
+def make_scorer(head: MultiValueHead, policy: nn.Module, cfg=None):
+    """The scorer that fits `head`: hidden-state hook for a shared trunk, cached backbone otherwise,
+    re-tokenising when the config gives the value model its own tokenizer."""
     if head.uses_policy_hidden_states:
+        if cfg is not None and cfg.value_tokenizer is not None:
+            raise ValueError(
+                "`value_tokenizer` is only for value models with their own backbone; this value head reads the "
+                "policy's hidden states. Remove `value_tokenizer`."
+            )
         return PolicyHiddenStateScorer(head, policy)
+    if cfg is not None and cfg.value_tokenizer is not None:
+        return RetokenizingScorer(head, cfg.tokenizer, cfg.value_tokenizer, cfg.value_max_length)
     return CachedBackboneScorer(head)

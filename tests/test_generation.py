@@ -303,6 +303,44 @@ def test_own_backbone_value_model_with_cache_matches_full_reencoding():
                 torch.testing.assert_close(out.values[b, n, out.chosen[b, n]], full, atol=1e-4, rtol=1e-4)
 
 
+def _word_tokenizer(ids_of):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": ids_of(i) for i in range(VOCAB)}
+    vocab["[pad]"] = max(vocab.values()) + 1
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[pad]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[pad]")
+
+
+def test_value_model_with_another_tokenizer_retokenises_text():
+    from transformers import GPT2Config, GPT2Model
+
+    model = hf_rmod.enable(tiny_causal_lm("llama"))
+    policy_tok = _word_tokenizer(lambda i: i)
+    value_tok = _word_tokenizer(lambda i: 2 * VOCAB - i)  # other ids, larger vocabulary
+    torch.manual_seed(0)
+    backbone = GPT2Model(GPT2Config(vocab_size=2 * VOCAB + 2, n_embd=24, n_layer=2, n_head=2, n_positions=128))
+    head = MultiValueHead.from_backbone(backbone, objectives=["a", "b"]).eval()
+    ids, mask = prompts(batch=2, length=5, seed=19, ragged=True)
+    cfg = RMODConfig(value_model=head, num_candidates=3, block_size=3, tokenizer=policy_tok,
+                     value_tokenizer=value_tok)
+    out = _seeded(lambda: model.generate(ids, attention_mask=mask, rmod_config=cfg, max_new_tokens=6,
+                                         do_sample=True, top_k=0, eos_token_id=None, return_dict_in_generate=True))
+    with torch.no_grad():
+        for b in range(2):
+            for n in range(2):
+                seq = out.sequences[b, : 5 + 3 * (n + 1)][torch.cat([mask[b].bool(), torch.ones(3 * (n + 1),
+                                                                                              dtype=torch.bool)])]
+                text = policy_tok.decode(seq.tolist(), skip_special_tokens=True)
+                enc = value_tok(text, return_tensors="pt")
+                expected = head(input_ids=enc["input_ids"]).values[0, -1]
+                torch.testing.assert_close(out.values[b, n, out.chosen[b, n]], expected, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="tokenizer"):
+        RMODConfig(value_model=head, value_tokenizer=value_tok)
+
+
 def test_value_model_loaded_lazily_from_a_path(tmp_path):
     model = hf_rmod.enable(tiny_causal_lm("llama"))
     head = _head_for(model)
