@@ -132,6 +132,9 @@ class EvalMethod:
         except (TypeError, ValueError) as err:
             raise type(err)(f"EvalMethod {self.name!r}: {err}") from None
 
+    def __hash__(self) -> int:  # frozen, but `rmod` is a dict: hash its JSON form
+        return hash((self.name, json.dumps(self.rmod, sort_keys=True)))
+
     # -- constructors ------------------------------------------------------------------------------------------
     @classmethod
     def reference(cls, name: str = "reference") -> "EvalMethod":
@@ -1002,6 +1005,8 @@ def write_plots(summary: Mapping, rows: Sequence[dict], output_dir: str | os.Pat
             groups.setdefault(key, []).append((float(m["rmod"].get("lam", 0.5)), n))
     groups = {k: sorted(v) for k, v in groups.items() if len({lam for lam, _ in v}) >= 2}
     if groups:
+        from matplotlib.ticker import NullLocator
+
         has_win = any(methods[n]["worst_case_win_rate"] is not None for v in groups.values() for _, n in v)
         fig, axes = _figure(9.0 if has_win else 4.8, 3.6, ncols=2 if has_win else 1)
         metrics = [("worst_case_reward", "worst-case reward (z)")]
@@ -1021,6 +1026,9 @@ def write_plots(summary: Mapping, rows: Sequence[dict], output_dir: str | os.Pat
                     if m["kind"] == "uniform" and (m["rmod"].get("num_candidates"), m["rmod"].get("block_size")) == (k, b):
                         ax.axhline(m[metric], color=colour, ls="--", lw=1, label=f"UNIFORM K={k} B={b}")
             ax.set_xscale("log")
+            all_lams = sorted({lam for members in groups.values() for lam, _ in members})
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_xticks(all_lams, [_fmt(lam) for lam in all_lams])
             ax.set_xlabel("λ")
             ax.set_ylabel(label)
             ax.legend(fontsize=7)
@@ -1046,6 +1054,8 @@ def write_plots(summary: Mapping, rows: Sequence[dict], output_dir: str | os.Pat
         axes[0, 0].legend(fontsize=8)
         axes[1, 0].set_ylabel("value (normalised)")
         axes[1, 0].set_xlabel("block")
+        for ax in axes[:, 0]:
+            ax.set_xticks(blocks)
         axes[1, 0].legend(fontsize=7)
         prompt = row["prompt"] if len(row["prompt"]) <= 60 else row["prompt"][:57] + "..."
         axes[0, 0].set_title(f"{trace_method}, prompt {row['prompt_id']}: {prompt}", fontsize=9)
@@ -1106,8 +1116,11 @@ def _run_evaluate(args) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by `accelerate launch` / torchrun
         from accelerate import Accelerator
 
-        accelerator = Accelerator(cpu=args.device == "cpu")
-    device = accelerator.device if accelerator is not None else args.device
+        accelerator = Accelerator(cpu=args.device == "cpu")  # None: accelerate picks (one GPU per process)
+    if accelerator is not None:
+        device = accelerator.device
+    else:
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.value_head is None:
         head = load_default_value_head()
     else:
@@ -1172,7 +1185,9 @@ def add_cli_parsers(subparsers) -> None:
                    help='JSON merged over {"do_sample": true, "temperature": 0.7, "top_p": 0.9, "top_k": 0}.')
     p.add_argument("--no-chat-template", action="store_true", help="Use prompts as raw text.")
     p.add_argument("--output-dir", "-o", required=True, help="Folder for results.jsonl, summary and plots (resumable).")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default=None,
+                   help="Device of the policy, value head and rewards (default: cuda when available, else cpu; under "
+                   "`accelerate launch`, one device per process; `cpu` forces CPU processes).")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads.")
     p.add_argument("--n-resamples", type=int, default=1000, help="Bootstrap resamples (default: 1000).")
     p.add_argument("--no-plots", action="store_true")

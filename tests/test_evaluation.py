@@ -121,6 +121,7 @@ def test_default_methods_grid_names_and_kinds():
     bok = EvalMethod.best_of_k(4)
     assert bok.rmod["block_size"] is None and bok.resolved_rmod(96)["block_size"] == 96
     assert EvalMethod.reference().resolved_rmod(96) is None
+    assert len(set(methods) | set(default_methods(["harmless", "helpful"], ks=(4, 8), lams=(0.5, 1)))) == len(methods)
 
 
 def test_method_validation_errors():
@@ -391,6 +392,7 @@ def test_cli_parser_defaults_and_method_selection():
     assert args.command == "evaluate" and callable(args.func)
     assert (args.prompts, args.prompt_offset, args.num_prompts) == ("hh_harmless_dev_prompts", None, 100)
     assert (args.k, args.b, args.lam, args.methods, args.max_new_tokens) == ([8], [16], [0.5], "all", 96)
+    assert args.device is None  # auto: cuda when available; under accelerate one device per process
     args = _parser().parse_args(["evaluate", "-o", "o", "--k", "4", "8", "--lam", "0.5", "2", "--methods",
                                  "reference,rmod_k8_b16_lam2"])
     available = default_methods(OBJECTIVES, args.k, args.b, args.lam)
