@@ -26,9 +26,7 @@ command-line entry point.
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import os
 import time
 import zlib
@@ -199,7 +197,8 @@ def _kind(rmod: Mapping | None) -> str:
 
 
 def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value)) if value is not None else None
+    """JSON round trip (tuples -> lists); objects JSON cannot hold (e.g. a logits processor) become their repr."""
+    return json.loads(json.dumps(value, default=repr)) if value is not None else None
 
 
 def _check_grid(name: str, values: Any, example: str) -> list:
@@ -616,7 +615,7 @@ def evaluate(
     done = {(r["prompt_id"], r["method"]) for r in existing}
     _barrier(accelerator)
     if is_main:
-        (out_dir / _RUN_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        (out_dir / _RUN_FILE).write_text(json.dumps(settings, indent=2, default=repr) + "\n", encoding="utf-8")
 
     my_ids = list(range(len(prompts)))[rank::world]
     batches = [my_ids[i : i + batch_size] for i in range(0, len(my_ids), batch_size)]
@@ -660,7 +659,7 @@ def evaluate(
             rows, objectives, mean, std, reference_method=reference_method, methods=[m.name for m in methods],
             n_resamples=n_resamples,
         )
-        summary["run"] = {**settings, "num_prompts": len(prompts)}
+        summary["run"] = _jsonable({**settings, "num_prompts": len(prompts)})
         summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         md_path.write_text(format_summary_markdown(summary), encoding="utf-8")
         if plots:
