@@ -164,7 +164,8 @@ class EvalMethod:
     def rmod(cls, k: int, b: int, lam: float = 0.5, name: str | None = None) -> "EvalMethod":
         """Robust multi-objective decoding with worst-case weights (Algorithm 1), trade-off ``lam``."""
         return cls(
-            name or f"rmod_k{k}_b{b}_lam{_fmt(lam)}", {"num_candidates": k, "block_size": b, "lam": lam, "weights": "robust"}
+            name or f"rmod_k{k}_b{b}_lam{_fmt(lam)}",
+            {"num_candidates": k, "block_size": b, "lam": lam, "weights": "robust"},
         )
 
     # -- properties ------------------------------------------------------------------------------------------
@@ -385,7 +386,9 @@ def _check_methods(methods: Any) -> list[EvalMethod]:
         raise ValueError("`methods` is empty; e.g. methods=default_methods(value_head.objectives).")
     bad = [m for m in methods if not isinstance(m, EvalMethod)]
     if bad:
-        raise TypeError(f"`methods` must hold EvalMethod objects, got {bad[0]!r}; build them with EvalMethod.rmod(...).")
+        raise TypeError(
+            f"`methods` must hold EvalMethod objects, got {bad[0]!r}; build them with EvalMethod.rmod(...)."
+        )
     names = [m.name for m in methods]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -441,7 +444,9 @@ def _check_run_settings(output_dir: Path, settings: dict) -> None:
     if not path.exists():
         return
     previous = json.loads(path.read_text(encoding="utf-8"))
-    changed = {k: (previous.get(k), settings[k]) for k in _RUN_CHECKED if _jsonable(previous.get(k)) != _jsonable(settings[k])}
+    changed = {
+        k: (previous.get(k), settings[k]) for k in _RUN_CHECKED if _jsonable(previous.get(k)) != _jsonable(settings[k])
+    }
     if changed:
         detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
         raise ValueError(
@@ -885,6 +890,7 @@ def format_summary_markdown(summary: Mapping) -> str:
     objectives = summary["objectives"]
     pct = int(round(summary["confidence"] * 100))
     ref = summary.get("reference_method")
+    norm = summary["normalization"]
 
     def ci(value, interval):
         return "–" if value is None else f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
@@ -900,7 +906,7 @@ def format_summary_markdown(summary: Mapping) -> str:
         "",
         "Rewards are z-scores per objective, `(r - reward_mean) / reward_std` with the value head's statistics "
         "of reference-policy responses (" + ", ".join(
-            f"{g}: mean {summary['normalization']['reward_mean'][g]:.4g}, std {summary['normalization']['reward_std'][g]:.4g}"
+            f"{g}: mean {norm['reward_mean'][g]:.4g}, std {norm['reward_std'][g]:.4g}"
             for g in objectives
         ) + "); worst-case = mean over prompts of min over objectives; win-rate ties count 1/2. "
         "Raw columns are mean rewards in reward units.",
@@ -956,19 +962,27 @@ def write_plots(summary: Mapping, rows: Sequence[dict], output_dir: str | os.Pat
     _require_matplotlib()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    methods = summary["methods"]
-    objectives = summary["objectives"]
-    names = list(methods)
-    written: dict[str, Path] = {}
+    figures = {
+        "worst_case_reward": _plot_worst_case(summary),
+        "rewards_scatter": _plot_scatter(summary),
+        "lambda_ablation": _plot_lambda(summary),
+        "weight_trace": _plot_trace(summary, rows),
+    }
+    return {name: _save(fig, out / f"{name}.png") for name, fig in figures.items() if fig is not None}
 
-    # --- worst-case reward bars (Fig. 2)
+
+def _colour(method: Mapping) -> str:
+    return _KIND_COLOURS.get(method["kind"], "tab:gray")
+
+
+def _plot_worst_case(summary: Mapping):
+    """Fig. 2: one bar per method, worst-case z-reward with its CI; dashed line at the reference."""
+    methods, names, ref = summary["methods"], list(summary["methods"]), summary.get("reference_method")
     fig, axes = _figure(max(4.0, 0.6 * len(names) + 1.5), 3.8)
     ax = axes[0, 0]
     values = [methods[n]["worst_case_reward"] for n in names]
     errors = np.array([_err(methods[n]["worst_case_reward"], methods[n]["worst_case_reward_ci"]) for n in names])
-    ax.bar(range(len(names)), values, yerr=errors[:, :, 0].T, capsize=3,
-           color=[_KIND_COLOURS.get(methods[n]["kind"], "tab:gray") for n in names])
-    ref = summary.get("reference_method")
+    ax.bar(range(len(names)), values, yerr=errors[:, :, 0].T, capsize=3, color=[_colour(methods[n]) for n in names])
     if ref in methods:
         ax.axhline(methods[ref]["worst_case_reward"], color="k", lw=0.8, ls="--", label=f"{ref}")
         ax.legend(loc="best", fontsize=8)
@@ -976,90 +990,97 @@ def write_plots(summary: Mapping, rows: Sequence[dict], output_dir: str | os.Pat
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("worst-case reward (z)")
     ax.set_title(f"Worst-case reward, {summary['n_prompts']} prompts ({int(summary['confidence'] * 100)}% CI)")
-    written["worst_case_reward"] = _save(fig, out / "worst_case_reward.png")
+    return fig
 
-    # --- per-objective scatter (Fig. 3b)
-    if len(objectives) >= 2:
-        gx, gy = objectives[:2]
-        fig, axes = _figure(5.0, 4.2)
-        ax = axes[0, 0]
-        for n in names:
-            m = methods[n]
-            x, y = m["mean_rewards"][gx], m["mean_rewards"][gy]
-            marker, size = ("*", 14) if n == ref else ("o", 6)
-            ax.errorbar(x, y, xerr=_err(x, m["mean_rewards_ci"][gx]), yerr=_err(y, m["mean_rewards_ci"][gy]),
-                        fmt=marker, ms=size, capsize=2, color=_KIND_COLOURS.get(m["kind"], "tab:gray"))
-            ax.annotate(n, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        ax.set_xlabel(f"mean {gx} (z)")
-        ax.set_ylabel(f"mean {gy} (z)")
-        ax.set_title("Mean reward per objective")
-        written["rewards_scatter"] = _save(fig, out / "rewards_scatter.png")
 
-    # --- lambda ablation (Fig. 3c)
+def _plot_scatter(summary: Mapping):
+    """Fig. 3b: mean z-reward of the first two objectives per method (None when G < 2)."""
+    methods, objectives, ref = summary["methods"], summary["objectives"], summary.get("reference_method")
+    if len(objectives) < 2:
+        return None
+    gx, gy = objectives[:2]
+    fig, axes = _figure(5.0, 4.2)
+    ax = axes[0, 0]
+    for name, m in methods.items():
+        x, y = m["mean_rewards"][gx], m["mean_rewards"][gy]
+        marker, size = ("*", 14) if name == ref else ("o", 6)
+        ax.errorbar(x, y, xerr=_err(x, m["mean_rewards_ci"][gx]), yerr=_err(y, m["mean_rewards_ci"][gy]),
+                    fmt=marker, ms=size, capsize=2, color=_colour(m))
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xlabel(f"mean {gx} (z)")
+    ax.set_ylabel(f"mean {gy} (z)")
+    ax.set_title("Mean reward per objective")
+    return fig
+
+
+def _kb(method: Mapping) -> tuple:
+    return method["rmod"].get("num_candidates"), method["rmod"].get("block_size")
+
+
+def _plot_lambda(summary: Mapping):
+    """Fig. 3c: worst-case reward / win rate vs λ per (K, B) of the RMOD methods (None without ≥ 2 λ)."""
+    from matplotlib.ticker import NullLocator
+
+    methods, ref = summary["methods"], summary.get("reference_method")
     groups: dict[tuple, list[tuple[float, str]]] = {}
-    for n in names:
-        m = methods[n]
+    for name, m in methods.items():
         if m["kind"] == "rmod":
-            key = (m["rmod"].get("num_candidates"), m["rmod"].get("block_size"))
-            groups.setdefault(key, []).append((float(m["rmod"].get("lam", 0.5)), n))
-    groups = {k: sorted(v) for k, v in groups.items() if len({lam for lam, _ in v}) >= 2}
-    if groups:
-        from matplotlib.ticker import NullLocator
+            groups.setdefault(_kb(m), []).append((float(m["rmod"].get("lam", 0.5)), name))
+    groups = {kb: sorted(v) for kb, v in groups.items() if len({lam for lam, _ in v}) >= 2}
+    if not groups:
+        return None
+    panels = [("worst_case_reward", "worst-case reward (z)")]
+    if any(methods[n]["worst_case_win_rate"] is not None for v in groups.values() for _, n in v):
+        panels.append(("worst_case_win_rate", f"worst-case win rate vs {ref}"))
+    fig, axes = _figure(4.5 * len(panels) + 0.3, 3.6, ncols=len(panels))
+    all_lams = sorted({lam for members in groups.values() for lam, _ in members})
+    for col, (metric, label) in enumerate(panels):
+        ax = axes[0, col]
+        for i, ((k, b), members) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
+            errs = np.array([_err(methods[n][metric], methods[n][metric + "_ci"]) for _, n in members])
+            ax.errorbar([lam for lam, _ in members], [methods[n][metric] for _, n in members], yerr=errs[:, :, 0].T,
+                        marker="o", capsize=3, color=f"C{i}", label=f"RMOD K={k} B={b}")
+            for m in methods.values():
+                if m["kind"] == "uniform" and _kb(m) == (k, b):
+                    ax.axhline(m[metric], color=f"C{i}", ls="--", lw=1, label=f"UNIFORM K={k} B={b}")
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticks(all_lams, [_fmt(lam) for lam in all_lams])
+        ax.set_xlabel("λ")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    return fig
 
-        has_win = any(methods[n]["worst_case_win_rate"] is not None for v in groups.values() for _, n in v)
-        fig, axes = _figure(9.0 if has_win else 4.8, 3.6, ncols=2 if has_win else 1)
-        metrics = [("worst_case_reward", "worst-case reward (z)")]
-        if has_win:
-            metrics.append(("worst_case_win_rate", f"worst-case win rate vs {ref}"))
-        for col, (metric, label) in enumerate(metrics):
-            ax = axes[0, col]
-            for i, ((k, b), members) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
-                colour = f"C{i}"
-                lams = [lam for lam, _ in members]
-                vals = [methods[n][metric] for _, n in members]
-                errs = np.array([_err(methods[n][metric], methods[n][metric + "_ci"]) for _, n in members])
-                ax.errorbar(lams, vals, yerr=errs[:, :, 0].T, marker="o", capsize=3, color=colour,
-                            label=f"RMOD K={k} B={b}")
-                for n in names:
-                    m = methods[n]
-                    if m["kind"] == "uniform" and (m["rmod"].get("num_candidates"), m["rmod"].get("block_size")) == (k, b):
-                        ax.axhline(m[metric], color=colour, ls="--", lw=1, label=f"UNIFORM K={k} B={b}")
-            ax.set_xscale("log")
-            all_lams = sorted({lam for members in groups.values() for lam, _ in members})
-            ax.xaxis.set_minor_locator(NullLocator())
-            ax.set_xticks(all_lams, [_fmt(lam) for lam in all_lams])
-            ax.set_xlabel("λ")
-            ax.set_ylabel(label)
-            ax.legend(fontsize=7)
-        written["lambda_ablation"] = _save(fig, out / "lambda_ablation.png")
 
-    # --- weight trace (Fig. 5)
-    trace_method = next((n for n in names if methods[n]["kind"] == "rmod"), None)
-    if trace_method is None:
-        trace_method = next((n for n in names if methods[n]["kind"] == "best_of_k"), None)
-    traced = [r for r in rows if r["method"] == trace_method and r.get("weights")]
-    if traced:
-        row = min(traced, key=lambda r: (-len(r["weights"]), r["prompt_id"]))
-        value_objectives = row["value_objectives"]
-        blocks = np.arange(1, len(row["weights"]) + 1)
-        weights, chosen, mean_v = (np.asarray(row[k], dtype=np.float64) for k in ("weights", "chosen_values", "mean_values"))
-        fig, axes = _figure(6.4, 5.2, nrows=2)
-        for j, g in enumerate(value_objectives):
-            axes[0, 0].plot(blocks, weights[:, j], marker="o", color=f"C{j}", label=g)
-            axes[1, 0].plot(blocks, chosen[:, j], marker="o", color=f"C{j}", label=f"{g} (chosen)")
-            axes[1, 0].plot(blocks, mean_v[:, j], ls="--", color=f"C{j}", alpha=0.7, label=f"{g} (mean of K)")
-        axes[0, 0].set_ylim(-0.05, 1.05)
-        axes[0, 0].set_ylabel("weight w*")
-        axes[0, 0].legend(fontsize=8)
-        axes[1, 0].set_ylabel("value (normalised)")
-        axes[1, 0].set_xlabel("block")
-        for ax in axes[:, 0]:
-            ax.set_xticks(blocks)
-        axes[1, 0].legend(fontsize=7)
-        prompt = row["prompt"] if len(row["prompt"]) <= 60 else row["prompt"][:57] + "..."
-        axes[0, 0].set_title(f"{trace_method}, prompt {row['prompt_id']}: {prompt}", fontsize=9)
-        written["weight_trace"] = _save(fig, out / "weight_trace.png")
-    return written
+def _plot_trace(summary: Mapping, rows: Sequence[dict]):
+    """Fig. 5: per-block weights and values of one prompt of the first RMOD (else Best-of-K) method."""
+    methods = summary["methods"]
+    method = next((n for n, m in methods.items() if m["kind"] == "rmod"), None)
+    method = method or next((n for n, m in methods.items() if m["kind"] == "best_of_k"), None)
+    traced = [r for r in rows if r["method"] == method and r.get("weights")]
+    if not traced:
+        return None
+    row = min(traced, key=lambda r: (-len(r["weights"]), r["prompt_id"]))  # most blocks, then first prompt
+    blocks = np.arange(1, len(row["weights"]) + 1)
+    keys = ("weights", "chosen_values", "mean_values")
+    weights, chosen, mean_v = (np.asarray(row[k], dtype=np.float64) for k in keys)  # each (n_blocks, G)
+    fig, axes = _figure(6.4, 5.2, nrows=2)
+    top, bottom = axes[0, 0], axes[1, 0]
+    for j, g in enumerate(row["value_objectives"]):
+        top.plot(blocks, weights[:, j], marker="o", color=f"C{j}", label=g)
+        bottom.plot(blocks, chosen[:, j], marker="o", color=f"C{j}", label=f"{g} (chosen)")
+        bottom.plot(blocks, mean_v[:, j], ls="--", color=f"C{j}", alpha=0.7, label=f"{g} (mean of K)")
+    top.set_ylim(-0.05, 1.05)
+    top.set_ylabel("weight w*")
+    top.legend(fontsize=8)
+    bottom.set_ylabel("value (normalised)")
+    bottom.set_xlabel("block")
+    bottom.legend(fontsize=7)
+    for ax in (top, bottom):
+        ax.set_xticks(blocks)
+    prompt = row["prompt"] if len(row["prompt"]) <= 60 else row["prompt"][:57] + "..."
+    top.set_title(f"{method}, prompt {row['prompt_id']}: {prompt}", fontsize=9)
+    return fig
 
 
 def _save(fig, path: Path) -> Path:
