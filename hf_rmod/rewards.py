@@ -28,7 +28,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Mapping, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -104,7 +104,7 @@ def _check_texts(prompts: Sequence[str], responses: Sequence[str]) -> tuple[list
 
 
 def score_rewards(
-    reward_fns: Sequence[RewardFunction] | RewardFunction,
+    reward_fns: Sequence[RewardFunction] | Mapping[str, RewardFunction] | RewardFunction,
     prompts: Sequence[str],
     responses: Sequence[str],
     objectives: Sequence[str] | None = None,
@@ -112,7 +112,8 @@ def score_rewards(
     """Call one or several reward functions and stack their scores.
 
     Args:
-        reward_fns: one reward function or a sequence of them (see :class:`RewardFunction`).
+        reward_fns: one reward function, a sequence of them (see :class:`RewardFunction`), or a
+            mapping ``{name: reward_fn}`` whose keys name single-column outputs.
         prompts: ``n`` prompts (plain user text).
         responses: ``n`` responses, ``responses[i]`` answering ``prompts[i]``.
         objectives: optional names for the ``G`` stacked columns; overrides the names the reward
@@ -129,13 +130,18 @@ def score_rewards(
             scores, mismatched ``objectives`` or duplicate column names.
     """
     prompts, responses = _check_texts(prompts, responses)
-    fns = [reward_fns] if callable(reward_fns) and not isinstance(reward_fns, Sequence) else list(reward_fns)
+    keys: list[str | None]
+    if isinstance(reward_fns, Mapping):
+        fns, keys = list(reward_fns.values()), [str(k) for k in reward_fns]
+    else:
+        fns = [reward_fns] if callable(reward_fns) and not isinstance(reward_fns, Sequence) else list(reward_fns)
+        keys = [None] * len(fns)
     if not fns:
         raise ValueError("`reward_fns` is empty; pass at least one reward function.")
     n = len(prompts)
     columns: list[torch.Tensor] = []
     names: list[str] = []
-    for fn in fns:
+    for fn, key in zip(fns, keys):
         if not callable(fn):
             raise TypeError(f"Reward function {fn!r} is not callable; pass fn(prompts, responses) -> Tensor.")
         fn_name = _reward_fn_name(fn)
@@ -161,14 +167,17 @@ def score_rewards(
             )
         if out.shape[1] == 0:
             raise ValueError(f"Reward function `{fn_name}` returned zero objectives (shape {tuple(out.shape)}).")
-        nan_rows = torch.isnan(out).any(-1).nonzero().flatten()
+        nan_rows = (~torch.isfinite(out)).any(-1).nonzero().flatten()
         if nan_rows.numel():
             raise ValueError(
-                f"Reward function `{fn_name}` returned NaN for {nan_rows.numel()} of {n} responses (first at "
-                f"index {int(nan_rows[0])}); check the reward model's inputs or dtype (fp16 overflow?)."
+                f"Reward function `{fn_name}` returned NaN or infinite scores for {nan_rows.numel()} of {n} "
+                f"responses (first at index {int(nan_rows[0])}); check the reward model's inputs or dtype "
+                "(fp16 overflow?)."
             )
         fn_objectives = getattr(fn, "objectives", None)
-        if fn_objectives is not None:
+        if key is not None and out.shape[1] == 1:
+            names.append(key)
+        elif fn_objectives is not None:
             fn_objectives = list(fn_objectives)
             if len(fn_objectives) != out.shape[1]:
                 raise ValueError(
@@ -179,7 +188,7 @@ def score_rewards(
         elif out.shape[1] == 1:
             names.append(fn_name)
         else:
-            names.extend(f"{fn_name}_{j}" for j in range(out.shape[1]))
+            names.extend(f"{key or fn_name}_{j}" for j in range(out.shape[1]))
         columns.append(out)
     rewards = torch.cat(columns, dim=-1)  # (n, G)
     if objectives is not None:

@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .modeling_value_head import MultiValueHead
+from .rewards import score_rewards
 
 __all__ = [
     "ValueTrainingResult",
@@ -50,63 +51,6 @@ __all__ = [
 
 RewardFn = Callable[[list, list], Any]
 PREFIX_BUCKETS = (0.25, 0.5, 0.75, 1.0)  # upper edges of the relative prefix-position buckets t / |y|
-
-
-# ================================================================================================================
-# rewards (any callable (prompts, responses) -> (n,) or (n, G))
-# ================================================================================================================
-
-
-def _reward_names(fn: Any, width: int) -> list[str]:
-    names = getattr(fn, "objectives", None)
-    if names is not None:
-        names = [names] if isinstance(names, str) else list(names)
-        if len(names) != width:
-            raise ValueError(f"Reward function {fn!r} names {len(names)} objectives {names} but returned {width} columns.")
-        return names
-    base = getattr(fn, "__name__", None) or type(fn).__name__
-    return [base] if width == 1 else [f"{base}_{i}" for i in range(width)]
-
-
-def _score(
-    reward_fns: RewardFn | Sequence[RewardFn] | dict[str, RewardFn],
-    prompts: list[str],
-    responses: list[str],
-    objectives: Sequence[str] | None,
-) -> tuple[torch.Tensor, list[str]]:
-    """Call the reward functions and stack their scores: ``(rewards (n, G) float32, names)``."""
-    if isinstance(reward_fns, dict):
-        fns, given = list(reward_fns.values()), list(reward_fns)
-    else:
-        fns, given = ([reward_fns] if callable(reward_fns) else list(reward_fns)), None
-    if not fns:
-        raise ValueError("`reward_fns` is empty: pass at least one callable (prompts, responses) -> scores.")
-    columns, names = [], []
-    for index, fn in enumerate(fns):
-        scores = torch.as_tensor(fn(prompts, responses), dtype=torch.float32).detach().cpu()
-        if scores.ndim == 1:
-            scores = scores[:, None]
-        if scores.ndim != 2 or scores.shape[0] != len(prompts):
-            raise ValueError(
-                f"Reward function {fn!r} returned shape {tuple(scores.shape)}; expected ({len(prompts)},) or "
-                f"({len(prompts)}, G) for {len(prompts)} responses."
-            )
-        if not torch.isfinite(scores).all():
-            raise ValueError(f"Reward function {fn!r} returned NaN or infinite scores.")
-        columns.append(scores)
-        names += [given[index]] if given is not None and scores.shape[1] == 1 else _reward_names(fn, scores.shape[1])
-    rewards = torch.cat(columns, dim=1)  # (n, G)
-    if objectives is not None:
-        objectives = list(objectives)
-        if len(objectives) != rewards.shape[1]:
-            raise ValueError(
-                f"`objectives` names {len(objectives)} objectives {objectives} but the reward functions return "
-                f"{rewards.shape[1]} columns ({names})."
-            )
-        names = objectives
-    if len(set(names)) != len(names):
-        raise ValueError(f"Objective names must be unique, got {names}; pass `objectives=` to rename them.")
-    return rewards, names
 
 
 # ================================================================================================================
@@ -263,7 +207,8 @@ def sample_responses(
                     "response_ids": response_ids,
                 }
             )
-        rewards, names = _score(reward_fns, [r["prompt"] for r in rows], [r["response"] for r in rows], objectives)
+        texts = [r["prompt"] for r in rows], [r["response"] for r in rows]
+        rewards, names = score_rewards(reward_fns, *texts, objectives=objectives)
         for row, values in zip(rows, rewards.tolist()):
             row["rewards"] = dict(zip(names, values))
         if path is not None:

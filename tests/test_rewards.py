@@ -78,8 +78,19 @@ def test_score_rewards_errors_name_the_function():
         out[2] = float("nan")
         return out
 
-    with pytest.raises(ValueError, match="`nan_reward` returned NaN for 1 of 4 responses.*index 2"):
+    with pytest.raises(ValueError, match="`nan_reward` returned NaN or infinite scores for 1 of 4 responses.*index 2"):
         score_rewards(nan_reward, PROMPTS, RESPONSES)
+
+    def inf_reward(prompts, responses):
+        out = torch.zeros(len(responses))
+        out[1] = float("inf")
+        return out
+
+    with pytest.raises(ValueError, match="`inf_reward` returned NaN or infinite.*index 1"):
+        score_rewards(inf_reward, PROMPTS, RESPONSES)
+    rewards, names = score_rewards({"a": lambda p, r: torch.ones(len(r)),
+                                    "b": lambda p, r: torch.zeros(len(r))}, PROMPTS, RESPONSES)
+    assert names == ["a", "b"] and rewards[:, 0].eq(1).all() and rewards[:, 1].eq(0).all()
 
     def three_d(prompts, responses):
         return torch.zeros(len(responses), 1, 1)
