@@ -168,19 +168,27 @@ def alternate(fn_a: Callable[[], Any], fn_b: Callable[[], Any], reps: int,
         raise ValueError(f"`reps` must be >= 1, got {reps}.")
     (warmup_a or fn_a)()
     (warmup_b or fn_b)()
-    times_a, times_b = [], []
+    times_a, times_b, cpu_a, cpu_b = [], [], [], []
     for rep in range(reps):
+        c = time.process_time()
         t, out_a = timed(fn_a)
         times_a.append(t)
+        cpu_a.append(time.process_time() - c)
+        c = time.process_time()
         t, out_b = timed(fn_b)
         times_b.append(t)
+        cpu_b.append(time.process_time() - c)
         if log is not None:
-            log(f"    rep {rep + 1}/{reps}: A {times_a[-1]:.3f} s, B {times_b[-1]:.3f} s")
+            log(f"    rep {rep + 1}/{reps}: A {times_a[-1]:.3f} s (cpu {cpu_a[-1]:.1f}), "
+                f"B {times_b[-1]:.3f} s (cpu {cpu_b[-1]:.1f})")
         if check is not None and rep == 0:
             check("A", out_a)
             check("B", out_b)
     med_a, med_b = statistics.median(times_a), statistics.median(times_b)
-    return {"a_s": times_a, "b_s": times_b, "median_a_s": med_a, "median_b_s": med_b, "ratio": med_a / med_b}
+    # cpu_*_s: process CPU seconds of each repetition; far below the wall time means the process
+    # was descheduled or stopped (a shared machine), which the wall-time ratio then includes.
+    return {"a_s": times_a, "b_s": times_b, "cpu_a_s": cpu_a, "cpu_b_s": cpu_b, "median_a_s": med_a,
+            "median_b_s": med_b, "ratio": med_a / med_b}
 
 
 def seeded(fn: Callable[[], Any], seed: int = 1234) -> Callable[[], Any]:
