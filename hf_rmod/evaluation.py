@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from . import metrics as _metrics
+from ._jsonl import read_jsonl
 from .config import RMODConfig
 from .generation import enable
 from .modeling_value_head import MultiValueHead
@@ -253,30 +254,9 @@ def default_methods(
 
 
 def _read_rows(path: Path, repair: bool) -> list[dict]:
-    """Rows of a results JSONL file. A partial last line (an interrupted append) is dropped; with ``repair``
-    it is also cut from the file (and a missing final newline added) so that appending can continue."""
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    rows: list[dict] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if number == len(lines):  # last line without a newline: an interrupted write
-                if repair:
-                    path.write_text(text[: len(text) - len(line)], encoding="utf-8")
-                return rows
-            raise ValueError(
-                f"{path}:{number} is not valid JSON ({err}); delete that line (the row is then recomputed)."
-            ) from err
-    if repair and text and not text.endswith("\n"):
-        with path.open("a", encoding="utf-8") as handle:
-            handle.write("\n")
-    return rows
+    """Rows of a results JSONL file; a partial last line (an interrupted append) is dropped, and with
+    ``repair`` cut from the file so that appending can continue."""
+    return read_jsonl(path, repair=repair)[0]
 
 
 def load_results(path_or_dir: str | os.PathLike) -> list[dict]:

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ._jsonl import read_jsonl, write_jsonl
 from .modeling_value_head import MultiValueHead
 from .rewards import score_rewards
 
@@ -92,25 +93,12 @@ def _cut_response(ids: list[int], eos_ids: set[int]) -> list[int]:
 def _read_jsonl(path: Path, repair_rows_per_prompt: int | None = None) -> list[dict]:
     """Records of a JSONL file. With ``repair_rows_per_prompt``, an interrupted append (a partial last line) is
     removed together with the incomplete prompt it belonged to, so that prompt is sampled again."""
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
-    records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            last = number == len(lines) and not text.endswith("\n")
-            if repair_rows_per_prompt is not None and last:
-                cut = records[-1]["prompt"] if records else None
-                if cut is not None and sum(r["prompt"] == cut for r in records) < repair_rows_per_prompt:
-                    records = [r for r in records if r["prompt"] != cut]
-                path.write_text("".join(f"{json.dumps(r)}\n" for r in records), encoding="utf-8")
-                break
-            raise ValueError(f"{path}:{number} is not valid JSON ({err}).") from err
+    records, truncated = read_jsonl(path, repair=repair_rows_per_prompt is not None)
+    if truncated and repair_rows_per_prompt is not None and records:
+        cut = records[-1]["prompt"]
+        if sum(r["prompt"] == cut for r in records) < repair_rows_per_prompt:
+            records = [r for r in records if r["prompt"] != cut]
+            write_jsonl(path, records)
     return records
 
 
