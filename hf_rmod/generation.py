@@ -28,7 +28,6 @@ from .config import RMODConfig
 from .modeling_value_head import MultiValueHead
 from .scoring import make_scorer
 
-_BATCH_KWARGS = ("attention_mask", "position_ids", "token_type_ids", "mm_token_type_ids")
 
 
 @dataclass
