@@ -29,7 +29,6 @@ from .modeling_value_head import MultiValueHead
 from .scoring import make_scorer
 
 
-
 @dataclass
 class RMODOutput(ModelOutput):
     """Output of ``generate(..., rmod_config=cfg, return_dict_in_generate=True)``.
