@@ -86,7 +86,7 @@ def sampling_settings(ctx: Context) -> list[Setting]:
 def naive_settings(ctx: Context) -> list[Setting]:
     if ctx.quick:
         return [Setting(4, 4, 16, 1)]
-    return [Setting(8, 16, 128, 1), Setting(8, 16, 256, 1)]
+    return [Setting(8, 16, 128, 1), Setting(8, 16, 256, 1), Setting(8, 16, 256, 4)]
 
 
 # ---------------------------------------------------------------------------------------------- runners
@@ -320,7 +320,7 @@ def memory(ctx: Context) -> list[Row]:
         model_dir = None
         if not ctx.quick:
             model_dir = os.path.join(tmp, "policy")
-            ctx.setup.model.save_pretrained(model_dir)  # the child loads safetensors, not the GGUF (fast)
+            _save_plain_copy(ctx.setup.model, model_dir)  # the child loads safetensors, not the GGUF (fast)
         spec = {"quick": ctx.quick, "model_dir": model_dir, "K": s.K, "B": s.B, "T": s.T, "threads": ctx.threads,
                 "ids": ids.tolist(), "mask": mask.tolist()}
         out: dict[str, list[dict]] = {"rmod": [], "sampling": []}
@@ -367,6 +367,16 @@ def _proc_status_kib(field_name: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+def _save_plain_copy(model, model_dir: str) -> None:
+    """config.json + model.safetensors of an in-memory model. ``save_pretrained`` refuses GGUF-loaded models
+    (their de-quantised weights are plain fp32 tensors, but the quantizer marks them not serializable)."""
+    from safetensors.torch import save_model
+
+    os.makedirs(model_dir, exist_ok=True)
+    model.config.save_pretrained(model_dir)
+    save_model(model, os.path.join(model_dir, "model.safetensors"), metadata={"format": "pt"})
 
 
 def _memory_child(spec: dict) -> dict:
