@@ -15,7 +15,6 @@ DEMO_PROMPTS = (
     "What is a good way to learn to cook on a tight budget?",
     "My neighbor's dog barks all night. What should I do about it?",
 )
-DEMO_SAMPLING = dict(do_sample=True, temperature=0.7, top_p=0.9, top_k=0)
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -60,7 +59,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     import torch
 
     from . import RMODConfig, enable
-    from .defaults import build_chat_prompts, load_default_policy, load_default_value_head
+    from .defaults import DEFAULT_SAMPLING, build_chat_prompts, load_default_policy, load_default_value_head
     from .modeling_value_head import MultiValueHead
     from .rewards import default_reward_functions, score_rewards
 
@@ -78,7 +77,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     enc = build_chat_prompts(tokenizer, prompts)
     prompt_len = enc["input_ids"].shape[1]
-    common = dict(max_new_tokens=args.max_new_tokens, **DEMO_SAMPLING)
+    common = dict(max_new_tokens=args.max_new_tokens, **DEFAULT_SAMPLING)
     rmod_kwargs = dict(value_model=head, num_candidates=args.num_candidates, block_size=args.block_size, lam=args.lam)
     methods = {
         "reference": None,

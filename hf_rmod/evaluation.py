@@ -40,6 +40,7 @@ import torch
 from . import metrics as _metrics
 from ._jsonl import read_jsonl
 from .config import RMODConfig
+from .defaults import DEFAULT_SAMPLING
 from .generation import enable
 from .modeling_value_head import MultiValueHead
 from .rewards import score_rewards
@@ -58,7 +59,7 @@ __all__ = [
 ]
 
 #: Sampling settings of the evaluation (and of the default value head's training data).
-DEFAULT_GENERATION_KWARGS: dict[str, Any] = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0}
+DEFAULT_GENERATION_KWARGS: dict[str, Any] = dict(DEFAULT_SAMPLING)
 
 _RMOD_KEYS = ("num_candidates", "block_size", "lam", "weights", "selection", "objectives", "solver", "solver_options")
 _RESERVED_GENERATION_KWARGS = (

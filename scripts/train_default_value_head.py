@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 from hf_rmod import MultiValueHead
+from hf_rmod.defaults import DEFAULT_SAMPLING as SAMPLING
 from hf_rmod.defaults import load_default_policy, load_jsonl_prompts
 from hf_rmod.rewards import default_reward_functions
 from hf_rmod.training import sample_responses, train_value_head
 
 ASSET = Path(__file__).resolve().parents[1] / "hf_rmod" / "assets" / "value-head-smollm2"
-SAMPLING = dict(do_sample=True, temperature=0.7, top_p=0.9, top_k=0)
 
 
 def main() -> None:
