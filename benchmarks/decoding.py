@@ -31,7 +31,7 @@ from .common import (
     timed,
     tiny_llama,
 )
-from .naive import naive_rmod_generate, reencoding_value_scorer
+from .naive import naive_rmod_generate, reencoding_scorer_factory
 
 
 @dataclass(frozen=True)
@@ -95,11 +95,15 @@ def _prompts(ctx: Context, s: Setting):
 
 
 def _rmod_fn(ctx: Context, s: Setting, head=None, weights: str = "robust", streamer=None, T: int | None = None,
-             return_dict: bool = False):
+             return_dict: bool = False, scorer_factory=None):
+    import hf_rmod
+
     model = ctx.setup.model
     ids, mask = _prompts(ctx, s)
     cfg = rmod_config(ctx.head if head is None else head, s.K, s.B, weights=weights)
     kw = fixed_length_kwargs(s.T if T is None else T)
+    if scorer_factory is not None:
+        kw["custom_generate"] = hf_rmod.RobustMultiObjectiveGenerator(scorer_factory=scorer_factory)
 
     def run():
         return model.generate(ids, attention_mask=mask, rmod_config=cfg, streamer=streamer,
@@ -264,15 +268,9 @@ def own_backbone(ctx: Context) -> list[Row]:
     ctx.log(f"  own_backbone {s}")
     head = own_backbone_head(ctx.setup.vocab_size, ctx.quick)
     cached, cached_warm = _rmod_fn(ctx, s, head=head), _rmod_fn(ctx, s, head=head, T=s.B)
-
-    def reencode(fn):
-        def run():
-            with reencoding_value_scorer():
-                return fn()
-
-        return run
-
-    res = alternate(reencode(cached), cached, ctx.reps, warmup_a=reencode(cached_warm), warmup_b=cached_warm,
+    reencoded = _rmod_fn(ctx, s, head=head, scorer_factory=reencoding_scorer_factory)
+    reencoded_warm = _rmod_fn(ctx, s, head=head, T=s.B, scorer_factory=reencoding_scorer_factory)
+    res = alternate(reencoded, cached, ctx.reps, warmup_a=reencoded_warm, warmup_b=cached_warm,
                     log=ctx.log, check=_token_check(ctx, s, {"A": s.batch, "B": s.batch}))
     backbone = head.backbone.config
     return [_row("own_backbone", s, "RMOD, value model re-encodes", "RMOD, cached value model", res, "> 1",

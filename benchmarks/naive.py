@@ -14,20 +14,19 @@ Nothing here is used by hf_rmod itself.
   only add cost and could change lengths).
 * :class:`ReencodingBackboneScorer` — a value scorer for an own-backbone `MultiValueHead` that
   re-encodes every candidate's full sequence (prompt + response) each block, without a KV cache.
-  :func:`reencoding_value_scorer` swaps it in for hf_rmod's cached scorer inside the unchanged
-  RMOD loop, so the two runs differ only in how values are computed.
+  :func:`reencoding_scorer_factory` passed as ``RobustMultiObjectiveGenerator(scorer_factory=...)`` swaps it
+  in for hf_rmod's cached scorer inside the unchanged RMOD loop, so the two runs differ only in how values
+  are computed.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 import torch
 
 from hf_rmod import MultiValueHead, solve_weights
+from hf_rmod.scoring import make_scorer
 
-__all__ = ["naive_rmod_generate", "ReencodingBackboneScorer", "reencoding_value_scorer"]
+__all__ = ["naive_rmod_generate", "ReencodingBackboneScorer", "reencoding_scorer_factory"]
 
 
 @torch.no_grad()
@@ -140,20 +139,9 @@ class ReencodingBackboneScorer:
         self.ids = self.mask = None
 
 
-@contextlib.contextmanager
-def reencoding_value_scorer() -> Iterator[None]:
-    """Inside this block, RMOD scores own-backbone value models with `ReencodingBackboneScorer`."""
-    import hf_rmod.generation as generation
-
-    original = generation.make_scorer
-
-    def make_scorer(head, *args, **kwargs):  # same arguments as hf_rmod's make_scorer
-        if head.uses_policy_hidden_states:
-            return original(head, *args, **kwargs)
-        return ReencodingBackboneScorer(head)
-
-    generation.make_scorer = make_scorer
-    try:
-        yield
-    finally:
-        generation.make_scorer = original
+def reencoding_scorer_factory(head, policy, cfg=None):
+    """A ``scorer_factory`` for `hf_rmod.RobustMultiObjectiveGenerator`: own-backbone value models are scored with
+    `ReencodingBackboneScorer`, anything else with hf_rmod's own `make_scorer`."""
+    if head.uses_policy_hidden_states:
+        return make_scorer(head, policy, cfg)
+    return ReencodingBackboneScorer(head)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from numbers import Real
 from typing import TYPE_CHECKING, Any, Sequence, Union
+
+from ._hub import check_local_path
+from ._utils import check_unique_names
+from .solver import _LAM_HINT, METHODS, _positive_number
 
 if TYPE_CHECKING:  # pragma: no cover
     from .modeling_value_head import MultiValueHead
 
 _WEIGHT_MODES = ("robust", "uniform")
 _SELECTIONS = ("argmax", "sample")
-_SOLVER_METHODS = ("exact", "paper", "hedge", "projected")
 _SOLVER_OPTION_NAMES = ("max_iter", "tol", "step_size")
 
 WeightsSpec = Union[str, int, Sequence[float]]
@@ -23,7 +25,8 @@ WeightsSpec = Union[str, int, Sequence[float]]
 class RMODConfig:
     """Configuration of Robust Multi-Objective Decoding (RMOD, Algorithm 1 of the paper).
 
-    Pass it to ``model.generate(..., rmod_config=cfg)`` after ``hf_rmod.enable(model)``. Every
+    Pass it to ``hf_rmod.generate(model, input_ids, rmod_config=cfg, ...)``, or to
+    ``model.generate(..., rmod_config=cfg)`` after ``hf_rmod.enable(model)``. Decoding never changes it. Every
     other ``generate`` argument (``max_new_tokens``, ``do_sample``, ``temperature``, ``top_k``,
     ``top_p``, ``repetition_penalty``, ``eos_token_id``, …) keeps its meaning and applies to the
     sampling of the K candidate blocks.
@@ -32,9 +35,13 @@ class RMODConfig:
         value_model (`MultiValueHead` or `str`):
             The multi-objective value model ``V`` with G outputs. A `MultiValueHead` instance, or a
             local directory / Hub id that is loaded with ``MultiValueHead.from_pretrained`` the
-            first time it is needed (see `value_model_kwargs`).
+            first time it is needed (see `value_model_kwargs`) and reused by later calls; the config itself
+            is never changed by decoding. A string that looks like a local path (starts with ``.``, ``/``
+            or ``~``, has more than one ``/``, or ``first/rest`` where ``./first`` exists) must exist:
+            otherwise `FileNotFoundError` is raised here, without asking the Hub.
         num_candidates (`int`, defaults to 16):
-            K, the number of candidate blocks sampled from the reference policy per block.
+            K, the number of candidate blocks sampled from the reference policy per block. With K > 1,
+            ``generate`` must sample (``do_sample=True``): greedy candidates would all be the same block.
         block_size (`int`, defaults to 16):
             B, the number of tokens per block. ``max_new_tokens`` need not be a multiple of B: the
             last block is shorter.
@@ -110,6 +117,9 @@ class RMODConfig:
             )
         if isinstance(self.value_model, os.PathLike):
             self.value_model = os.fspath(self.value_model)
+        if isinstance(self.value_model, str):  # a missing local folder fails here, before any Hub request
+            options = self.value_model_kwargs if isinstance(self.value_model_kwargs, dict) else {}
+            check_local_path(self.value_model, "value_model", options.get("subfolder") or "")
         if not isinstance(self.value_model, str) and not _is_value_head(self.value_model):
             raise TypeError(
                 f"`value_model` must be a `MultiValueHead` or a path / Hub id string, got "
@@ -117,23 +127,18 @@ class RMODConfig:
             )
         self.num_candidates = _positive_int("num_candidates", self.num_candidates, "e.g. num_candidates=16")
         self.block_size = _positive_int("block_size", self.block_size, "e.g. block_size=16")
-        self.lam = _positive_float("lam", self.lam)
+        self.lam = _positive_number("lam", self.lam, _LAM_HINT)
         self.weights = _check_weights(self.weights)
         if self.selection not in _SELECTIONS:
             raise ValueError(f"`selection` must be one of {_SELECTIONS}, got {self.selection!r}.")
         if self.objectives is not None:
-            if isinstance(self.objectives, str) or not all(isinstance(o, str) for o in self.objectives):
-                raise TypeError(
-                    f"`objectives` must be a list of objective names, got {self.objectives!r}; "
-                    "e.g. objectives=['harmless', 'helpful']."
+            self.objectives = tuple(
+                check_unique_names(
+                    self.objectives, "objectives", if_empty="leave it as None to use every output of the value model"
                 )
-            self.objectives = tuple(self.objectives)
-            if len(self.objectives) == 0:
-                raise ValueError("`objectives` is empty: leave it as None to use every output of the value model.")
-            if len(set(self.objectives)) != len(self.objectives):
-                raise ValueError(f"`objectives` has duplicates: {list(self.objectives)}.")
-        if self.solver not in _SOLVER_METHODS:
-            raise ValueError(f"`solver` must be one of {_SOLVER_METHODS}, got {self.solver!r}.")
+            )
+        if self.solver not in METHODS:
+            raise ValueError(f"`solver` must be one of {METHODS}, got {self.solver!r}.")
         unknown = set(self.solver_options) - set(_SOLVER_OPTION_NAMES)
         if unknown:
             raise ValueError(
@@ -213,18 +218,6 @@ def _positive_int(name: str, value: Any, hint: str) -> int:
         raise TypeError(f"`{name}` must be an int >= 1, got {value!r} ({type(value).__name__}); {hint}.")
     if value < 1:
         raise ValueError(f"`{name}` must be >= 1, got {value}; {hint}.")
-    return value
-
-
-def _positive_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"`{name}` must be a positive float, got {value!r} ({type(value).__name__}).")
-    value = float(value)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(
-            f"`{name}` must be a finite number > 0, got {value}; e.g. {name}=0.5 "
-            "(small values behave like UNIFORM weights, large ones focus on the worst objective)."
-        )
     return value
 
 

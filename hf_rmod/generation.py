@@ -12,10 +12,20 @@ The prompt is prefilled once. Each block expands every active prompt's KV cache 
 B tokens for all rows in one batched loop, scores, solves and keeps the chosen rows of the cache
 — selecting the chosen rows and expanding them for the next block is a single cache reorder.
 A prompt whose chosen block ended (EOS) is dropped from later blocks.
+
+Entry points: :func:`generate` (one call, any model) and :func:`enable` (then ``model.generate(...,
+rmod_config=cfg)``). Without either, transformers rejects ``rmod_config`` with its generic "The following
+`model_kwargs` are not used by the model: ['rmod_config']": ``GenerationMixin._validate_model_kwargs`` raises
+that message and offers no hook to extend it (only a process-wide patch of the private method would).
+How values are computed is pluggable: ``RobustMultiObjectiveGenerator(scorer_factory=...)`` (see
+`hf_rmod.scoring.Scorer`).
 """
 
 from __future__ import annotations
 
+import os
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -26,7 +36,7 @@ from transformers.utils import ModelOutput
 from . import solver as _solver
 from .config import RMODConfig
 from .modeling_value_head import MultiValueHead
-from .scoring import make_scorer
+from .scoring import Scorer, ScorerFactory, make_scorer
 
 
 @dataclass
@@ -63,17 +73,63 @@ class RMODOutput(ModelOutput):
     objectives: tuple = None
 
 
+# Heads loaded from a path or Hub id, keyed by where they came from: decoding never writes into the user's
+# RMODConfig, so a config that names a path reuses the loaded head through this small LRU instead.
+_LOADED_HEADS: "OrderedDict[tuple, MultiValueHead]" = OrderedDict()
+_LOADED_HEADS_MAX = 2
+_LOADED_HEADS_LOCK = threading.Lock()
+
+
+def _head_cache_key(name: str, kwargs: dict) -> tuple:
+    """Where a head comes from: a local folder (real path + file times, so a re-saved head reloads) or a Hub id."""
+    options = repr(sorted(kwargs.items()))
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        stamps = tuple(
+            (entry.name, entry.stat().st_mtime_ns) for entry in sorted(os.scandir(path), key=lambda e: e.name)
+            if entry.is_file()
+        )
+        return ("local", os.path.realpath(path), stamps, options)
+    return ("hub", name, options)
+
+
+def load_value_model(name: str, **kwargs) -> MultiValueHead:
+    """``MultiValueHead.from_pretrained(name, **kwargs)``, reusing the last few heads loaded this way."""
+    key = _head_cache_key(name, kwargs)
+    with _LOADED_HEADS_LOCK:
+        head = _LOADED_HEADS.get(key)
+        if head is not None:
+            _LOADED_HEADS.move_to_end(key)
+            return head
+    head = MultiValueHead.from_pretrained(name, **kwargs)
+    with _LOADED_HEADS_LOCK:
+        _LOADED_HEADS[key] = head
+        while len(_LOADED_HEADS) > _LOADED_HEADS_MAX:
+            _LOADED_HEADS.popitem(last=False)
+    return head
+
+
 def _resolve_value_model(cfg: RMODConfig, policy) -> MultiValueHead:
+    """The config's value head, ready for `policy` (loaded when `cfg.value_model` is a path; `cfg` is not changed)."""
     head = cfg.value_model
     if isinstance(head, str):
-        head = MultiValueHead.from_pretrained(head, **cfg.value_model_kwargs)
-        cfg.value_model = head  # loaded once, reused by later calls with this config
+        head = load_value_model(head, **cfg.value_model_kwargs)
     if cfg.value_tokenizer is None:  # re-tokenising value models never see the policy's ids or states
         head.check_compatible(policy)
     if head.device != policy.device:
         head.to(policy.device)
     head.eval()
     return head
+
+
+def _check_sampling(generation_config, cfg: RMODConfig) -> None:
+    """Greedy decoding makes all K candidates the same continuation: refuse it rather than waste K-fold compute."""
+    if not generation_config.do_sample and cfg.num_candidates > 1:
+        raise ValueError(
+            f"`do_sample` is False with `num_candidates`={cfg.num_candidates}: every candidate block would be the "
+            "same greedy continuation, so RMOD has nothing to choose from. Pass do_sample=True (with temperature / "
+            "top_p as you like), or RMODConfig(num_candidates=1) for plain greedy decoding."
+        )
 
 
 def _index_rows(model_kwargs: dict, index: torch.Tensor, rows: int) -> dict:
@@ -107,7 +163,21 @@ class RobustMultiObjectiveGenerator:
     ```python
     >>> out = model.generate(ids, custom_generate=RobustMultiObjectiveGenerator(), rmod_config=cfg)  # doctest: +SKIP
     ```
+
+    Args:
+        scorer_factory (*optional*):
+            ``factory(head, policy, cfg) -> Scorer`` (see `hf_rmod.scoring.Scorer`) building the value scorer
+            of each call; defaults to `hf_rmod.scoring.make_scorer`. Pass your own to score differently
+            (the benchmarks pass a cache-free scorer this way).
     """
+
+    def __init__(self, scorer_factory: ScorerFactory | None = None):
+        if scorer_factory is not None and not callable(scorer_factory):
+            raise TypeError(
+                f"`scorer_factory` must be a callable `(head, policy, cfg) -> Scorer`, got "
+                f"{type(scorer_factory).__name__}; e.g. scorer_factory=hf_rmod.scoring.make_scorer."
+            )
+        self.scorer_factory = make_scorer if scorer_factory is None else scorer_factory
 
     def __call__(
         self,
@@ -144,6 +214,7 @@ class RobustMultiObjectiveGenerator:
         objective_idx = cfg.resolve_objectives(head.objectives)
         names = tuple(head.objectives[i] for i in objective_idx)
         fixed = cfg.resolve_fixed_weights(names)
+        _check_sampling(generation_config, cfg)
         device = input_ids.device
         obj_index = torch.tensor(objective_idx, device=device)
         fixed_w = None if fixed is None else torch.tensor(fixed, dtype=torch.float32, device=device)  # (G,)
@@ -169,7 +240,7 @@ class RobustMultiObjectiveGenerator:
         if streamer is not None:
             streamer.put(input_ids.cpu())
 
-        scorer = make_scorer(head, model, cfg)
+        scorer: Scorer = self.scorer_factory(head, model, cfg)
         try:
             with model._optimize_model_for_decode():
                 prompt_mask = model_kwargs.get("attention_mask")  # (batch, prompt_len) or None: no padding
@@ -313,19 +384,27 @@ class RobustMultiObjectiveGenerator:
 
 # ---------------------------------------------------------------------------------------------- entry points
 def generate(model, inputs: torch.Tensor | None = None, *, rmod_config: RMODConfig, streamer=None, **kwargs):
-    """Run RMOD through ``GenerationMixin.generate`` with every standard preparation step.
+    """Run RMOD on any transformers causal LM, without `enable`: the one-call entry point.
 
-    Equivalent to ``hf_rmod.enable(model).generate(inputs, rmod_config=rmod_config, **kwargs)``.
+    ``hf_rmod.generate(model, ids, rmod_config=cfg, max_new_tokens=64, do_sample=True)`` runs
+    ``GenerationMixin.generate`` with every standard preparation step and RMOD as the decoding loop;
+    equivalent to ``hf_rmod.enable(model).generate(inputs, rmod_config=rmod_config, **kwargs)``.
+    ``custom_generate`` may be a `RobustMultiObjectiveGenerator` (e.g. one with a ``scorer_factory``).
     """
-    if kwargs.get("custom_generate") is not None:
-        raise ValueError("`custom_generate` cannot be combined with `rmod_config`: RMOD is itself the decoding loop.")
+    generator = kwargs.pop("custom_generate", None)
+    if generator is None:
+        generator = RobustMultiObjectiveGenerator()
+    elif not isinstance(generator, RobustMultiObjectiveGenerator):
+        raise ValueError(
+            "`custom_generate` cannot be combined with `rmod_config`: RMOD is itself the decoding loop. Drop "
+            "`custom_generate`, or pass a `RobustMultiObjectiveGenerator(scorer_factory=...)` to change the scorer."
+        )
     if kwargs.get("assistant_model") is not None:
         raise ValueError("`assistant_model` (assisted decoding) cannot be combined with `rmod_config`.")
-    kwargs.pop("custom_generate", None)
     return GenerationMixin.generate(
         model,
         inputs,
-        custom_generate=RobustMultiObjectiveGenerator(),
+        custom_generate=generator,
         rmod_config=rmod_config,
         rmod_streamer=streamer,
         **kwargs,

@@ -12,222 +12,30 @@ Two kinds share one class, :class:`MultiValueHead`:
 The head always computes in float32. Values are predicted in *normalised* reward units (the per-objective
 ``reward_mean`` / ``reward_std`` of the training data, stored in the config); :meth:`MultiValueHead.denormalize`
 maps them back to reward units.
+
+The configuration lives in `configuration_value_head` and the Hub surface helpers (strict / safetensors-only
+loading checks, local-path checks, the model card) in `_hub`; both names are re-exported here.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import os
-import re
 import tempfile
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.cache_utils import Cache
-from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import ModelOutput
 
+from . import _hub
+from ._utils import module_device
+from .configuration_value_head import MultiValueHeadConfig, _config_vocab, _config_width
+
 __all__ = ["MultiValueHead", "MultiValueHeadConfig", "MultiValueHeadOutput"]
-
-_HEAD_TYPES = ("linear", "mlp")
-
-
-def _config_width(config: PreTrainedConfig) -> int | None:
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for name in ("hidden_size", "n_embd", "d_model"):
-        value = getattr(text_config, name, None)
-        if isinstance(value, int):
-            return value
-    return None
-
-
-def _config_vocab(config: PreTrainedConfig) -> int | None:
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    value = getattr(text_config, "vocab_size", None)
-    return value if isinstance(value, int) else None
-
-
-class MultiValueHeadConfig(PreTrainedConfig):
-    r"""Configuration of a [`MultiValueHead`]: ``G`` value functions ``V_g(x, y^t)``, one per objective.
-
-    Args:
-        objectives (`list[str]`):
-            Names of the ``G`` objectives, in output order. Non-empty, unique, non-empty strings.
-        hidden_size (`int`, *optional*):
-            Input width of the head. Required for a shared-trunk head (the policy's ``lm_head`` input width);
-            for a backbone head it defaults to the backbone's hidden size and must equal it.
-        head_type (`str`, *optional*, defaults to `"linear"`):
-            ``"linear"`` (one ``Linear(hidden_size, G)``) or ``"mlp"`` (``Linear -> GELU -> Linear``).
-        head_hidden_size (`int`, *optional*):
-            Width of the MLP's hidden layer; defaults to ``hidden_size``. Only used with ``head_type="mlp"``.
-        backbone_config (`PreTrainedConfig` or `dict`, *optional*):
-            Config of the head's own transformer base model. ``None`` gives a shared-trunk head that reads the
-            policy's final hidden state. A ``dict`` must carry ``"model_type"``.
-        policy_name_or_path (`str`, *optional*):
-            The reference policy the head was built for / trained with (for the model card and checks).
-        policy_vocab_size (`int`, *optional*):
-            Vocabulary size of that policy; [`MultiValueHead.check_compatible`] compares it with a policy.
-        policy_hidden_size (`int`, *optional*):
-            Width of that policy's final hidden state.
-        reward_mean (`list[float]`, *optional*):
-            Per-objective reward mean used to normalise training targets. Defaults to zeros.
-        reward_std (`list[float]`, *optional*):
-            Per-objective reward standard deviation (> 0) used to normalise training targets. Defaults to ones.
-        training_info (`dict`, *optional*):
-            Free-form metadata shown in the model card (training data, validation metrics, ...).
-        initializer_range (`float`, *optional*, defaults to 0.02):
-            Standard deviation of the normal initialiser of the head's weights.
-
-    Example:
-
-    ```python
-    >>> from hf_rmod import MultiValueHeadConfig
-    >>> config = MultiValueHeadConfig(objectives=["helpful", "harmless"], hidden_size=576)
-    >>> config.num_objectives
-    2
-    ```
-    """
-
-    model_type = "rmod_value_head"
-    # Declared so transformers treats the nested backbone config as a sub-config (attention implementation
-    # and dtype are dispatched to it); the dict -> config conversion is done in `__post_init__`.
-    sub_configs_defaults: ClassVar[dict] = {
-        "backbone_config": SubConfigSpec(AutoConfig, model_type="gpt2", optional=True),
-    }
-
-    objectives: list[str] | None = None
-    hidden_size: int | None = None
-    head_type: Literal["linear", "mlp"] = "linear"
-    head_hidden_size: int | None = None
-    backbone_config: dict | PreTrainedConfig | None = None
-    policy_name_or_path: str | None = None
-    policy_vocab_size: int | None = None
-    policy_hidden_size: int | None = None
-    reward_mean: list[float] | None = None
-    reward_std: list[float] | None = None
-    training_info: dict = field(default_factory=dict)
-    initializer_range: float = 0.02
-
-    def __post_init__(self, **kwargs):
-        weights_name = kwargs.get("transformers_weights")
-        if weights_name is not None and not str(weights_name).endswith((".safetensors", ".safetensors.index.json")):
-            raise ValueError(
-                f"config.json names the weights file {weights_name!r}; value heads load safetensors weights only "
-                "(pickle files can execute code). Remove `transformers_weights` from config.json."
-            )
-        self._validate_objectives()
-        self._resolve_backbone_config()
-        self._validate_sizes()
-        self._validate_normalisation()
-        if self.training_info is None:
-            self.training_info = {}
-        if not isinstance(self.training_info, dict):
-            raise TypeError(
-                f"`training_info` must be a dict of JSON-serialisable metadata, got {type(self.training_info).__name__}."
-            )
-        super().__post_init__(**kwargs)
-
-    # -- validation helpers -------------------------------------------------------------------------------------
-    def _validate_objectives(self) -> None:
-        if self.objectives is None:
-            raise ValueError(
-                "`objectives` is required: pass the names of the G objectives, e.g. objectives=['helpful', 'harmless']."
-            )
-        if isinstance(self.objectives, str):
-            raise TypeError(
-                f"`objectives` must be a list of names, got the string {self.objectives!r}; "
-                f"use objectives=[{self.objectives!r}] for a single objective."
-            )
-        objectives = list(self.objectives)
-        if len(objectives) == 0:
-            raise ValueError("`objectives` is empty: pass at least one objective name.")
-        bad = [name for name in objectives if not isinstance(name, str) or not name]
-        if bad:
-            raise ValueError(f"`objectives` must hold non-empty strings, got {bad!r} in {objectives!r}.")
-        duplicates = sorted({name for name in objectives if objectives.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"`objectives` must be unique, got duplicates {duplicates!r} in {objectives!r}.")
-        self.objectives = objectives
-
-    def _resolve_backbone_config(self) -> None:
-        backbone = self.backbone_config
-        if backbone is None or isinstance(backbone, PreTrainedConfig):
-            return
-        if not isinstance(backbone, dict):
-            raise TypeError(
-                f"`backbone_config` must be a PreTrainedConfig, a dict with 'model_type', or None; got "
-                f"{type(backbone).__name__}."
-            )
-        backbone = dict(backbone)
-        model_type = backbone.pop("model_type", None)
-        if not model_type:
-            raise ValueError(
-                "`backbone_config` is a dict without 'model_type': add it (e.g. {'model_type': 'gpt2', ...}) "
-                "or pass a PreTrainedConfig."
-            )
-        if model_type == self.model_type:
-            raise ValueError("`backbone_config` cannot itself be a 'rmod_value_head' config.")
-        backbone.pop("transformers_version", None)
-        self.backbone_config = AutoConfig.for_model(model_type, **backbone)
-
-    def _validate_sizes(self) -> None:
-        if self.head_type not in _HEAD_TYPES:
-            raise ValueError(f"`head_type` must be one of {_HEAD_TYPES}, got {self.head_type!r}.")
-        if self.backbone_config is not None:
-            width = _config_width(self.backbone_config)
-            if width is None:
-                raise ValueError(
-                    f"Cannot read a hidden size from `backbone_config` ({type(self.backbone_config).__name__}); "
-                    "pass a text model config with `hidden_size`."
-                )
-            if self.hidden_size is None:
-                self.hidden_size = width
-            elif self.hidden_size != width:
-                raise ValueError(
-                    f"`hidden_size`={self.hidden_size} does not match the backbone's hidden size {width}; "
-                    "leave `hidden_size` unset for a backbone head."
-                )
-        if self.hidden_size is None:
-            raise ValueError(
-                "`hidden_size` is required for a shared-trunk head (no `backbone_config`): pass the policy's "
-                "lm_head input width, or build the head with MultiValueHead.for_policy(model, objectives)."
-            )
-        for name in ("hidden_size", "head_hidden_size", "policy_vocab_size", "policy_hidden_size"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-        if self.head_type == "mlp" and self.head_hidden_size is None:
-            self.head_hidden_size = self.hidden_size
-
-    def _validate_normalisation(self) -> None:
-        num = len(self.objectives)
-        for name, default in (("reward_mean", 0.0), ("reward_std", 1.0)):
-            value = getattr(self, name)
-            if value is None:
-                value = [default] * num
-            if isinstance(value, (int, float)):
-                raise ValueError(f"`{name}` must be a list with one float per objective ({num}), got {value!r}.")
-            value = [float(v) for v in value]
-            if len(value) != num:
-                raise ValueError(
-                    f"`{name}` has {len(value)} entries but there are {num} objectives {self.objectives!r}; "
-                    "pass one value per objective."
-                )
-            if any(v != v or v in (float("inf"), float("-inf")) for v in value):
-                raise ValueError(f"`{name}` must be finite, got {value!r}.")
-            setattr(self, name, value)
-        bad = [(o, s) for o, s in zip(self.objectives, self.reward_std) if s <= 0]
-        if bad:
-            raise ValueError(f"`reward_std` must be > 0 for every objective, got {bad!r}.")
-
-    @property
-    def num_objectives(self) -> int:
-        return len(self.objectives)
-
 
 @dataclass
 class MultiValueHeadOutput(ModelOutput):
@@ -462,7 +270,7 @@ class MultiValueHead(PreTrainedModel):
             **kwargs,
         )
         head = cls(config)
-        return head.to(_module_device(model))
+        return head.to(module_device(model))
 
     @classmethod
     def from_backbone(
@@ -487,7 +295,8 @@ class MultiValueHead(PreTrainedModel):
         load_kwargs = {key: kwargs.pop(key) for key in load_keys if key in kwargs}
         if isinstance(backbone, (str, os.PathLike)):
             load_kwargs.setdefault("use_safetensors", True)
-            module = AutoModel.from_pretrained(str(backbone), **load_kwargs)
+            source = _hub.check_local_path(os.fspath(backbone), "backbone", load_kwargs.get("subfolder") or "")
+            module = AutoModel.from_pretrained(source, **load_kwargs)
         elif isinstance(backbone, PreTrainedModel):
             if load_kwargs:
                 raise ValueError(
@@ -511,7 +320,7 @@ class MultiValueHead(PreTrainedModel):
             **kwargs,
         )
         head = cls(config, _backbone=module)
-        return head.to(_module_device(module))
+        return head.to(module_device(module))
 
 
     # -- Hub surface ---------------------------------------------------------------------------------------------
@@ -522,26 +331,18 @@ class MultiValueHead(PreTrainedModel):
         """Load a value head strictly and from safetensors only.
 
         Same arguments as `PreTrainedModel.from_pretrained`. Differences: ``use_safetensors`` is always
-        ``True`` (a checkpoint with only pickle weights raises), and a missing, unexpected or mis-shaped weight
-        raises `ValueError` instead of being re-initialised with a warning.
+        ``True`` (a checkpoint with only pickle weights raises), a missing, unexpected or mis-shaped weight
+        raises `ValueError` instead of being re-initialised with a warning, and a name that looks like a local
+        path (``./x``, ``~/x``, ``a/b/c``, ``runs/x`` when ``./runs`` exists; see `hf_rmod._hub.looks_like_local_path`)
+        but does not exist raises `FileNotFoundError` at once instead of asking the Hub.
         """
-        if kwargs.pop("use_safetensors", True) is False:
-            raise ValueError(
-                "use_safetensors=False is not supported: value heads load safetensors weights only, because pickle "
-                "checkpoints (pytorch_model.bin) can execute code. Convert the checkpoint to safetensors."
-            )
-        if kwargs.pop("ignore_mismatched_sizes", False):
-            raise ValueError(
-                "ignore_mismatched_sizes=True is not supported: a value head loads strictly. Build a fresh head "
-                "(MultiValueHead.for_policy / from_backbone) if the objectives or sizes changed."
-            )
-        if kwargs.get("gguf_file") is not None:
-            raise ValueError("Value heads are not loaded from GGUF files; save them with save_pretrained().")
+        _hub.check_load_kwargs(kwargs)
         want_info = kwargs.pop("output_loading_info", False)
-        path = str(pretrained_model_name_or_path)
-        local_dir = os.path.join(path, kwargs.get("subfolder", "") or "")
+        subfolder = kwargs.get("subfolder", "") or ""
+        path = _hub.check_local_path(os.fspath(pretrained_model_name_or_path), "pretrained_model_name_or_path", subfolder)
+        local_dir = os.path.join(path, subfolder)
         if os.path.isdir(local_dir):
-            _require_safetensors(local_dir)
+            _hub.require_safetensors(local_dir)
         try:
             model, info = super().from_pretrained(
                 path, *model_args, use_safetensors=True, output_loading_info=True, **kwargs
@@ -549,22 +350,12 @@ class MultiValueHead(PreTrainedModel):
         except RuntimeError as err:
             if "ignore_mismatched_sizes" not in str(err):
                 raise
-            detail = _describe_mismatch(cls, local_dir) if os.path.isdir(local_dir) else ""
+            detail = _hub.describe_mismatch(cls, local_dir) if os.path.isdir(local_dir) else ""
             raise ValueError(
                 f"The weights in {path!r} do not have the shapes its config.json implies{detail}. "
                 "The checkpoint is corrupt or its config (objectives, hidden_size, head_type) was edited."
             ) from err
-        problems = {
-            key: sorted(info.get(key) or [])
-            for key in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")
-            if info.get(key)
-        }
-        if problems:
-            raise ValueError(
-                f"Loading the value head from {path!r} is strict and found: {problems}. The checkpoint does not match "
-                f"its config (objectives={model.config.objectives}, hidden_size={model.config.hidden_size}, "
-                f"head_type={model.config.head_type!r})."
-            )
+        _hub.raise_on_loading_problems(path, info, model.config)
         return (model, info) if want_info else model
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
@@ -623,73 +414,8 @@ class MultiValueHead(PreTrainedModel):
 
     def model_card(self, extra_tags: Sequence[str] = ()):
         """A `huggingface_hub.ModelCard` describing the objectives, policy, head kind, data and metrics."""
-        from huggingface_hub import ModelCard, ModelCardData
-
-        config = self.config
         tags = list(dict.fromkeys([*self.model_card_tags, *(self.model_tags or []), *extra_tags]))
-        policy = config.policy_name_or_path
-        card_data = ModelCardData(
-            library_name="transformers",
-            tags=tags,
-            base_model=policy if _looks_like_repo_id(policy) else None,
-        )
-        info = dict(config.training_info or {})
-        if self.uses_policy_hidden_states:
-            kind = (
-                f"shared-trunk `{config.head_type}` head on the policy's final hidden state "
-                f"(width {config.hidden_size})"
-            )
-        else:
-            backbone = type(config.backbone_config).__name__.removesuffix("Config")
-            kind = f"`{config.head_type}` head on its own `{backbone}` backbone (hidden size {config.hidden_size})"
-        lines = [
-            "# RMOD multi-objective value model",
-            "",
-            "Value functions `V_g(x, y^t)` for Robust Multi-Objective Decoding (RMOD), one per objective, trained "
-            "with CD-FUDGE (every response prefix regresses onto the final reward). Made with the "
-            "`hf_rmod` library.",
-            "",
-            "## Model",
-            "",
-            f"- **Objectives** ({len(config.objectives)}): " + ", ".join(f"`{o}`" for o in config.objectives),
-            f"- **Reference policy**: `{policy}`" if policy else "- **Reference policy**: not recorded",
-            f"- **Head**: {kind}",
-            "- **Reward normalisation** (values are predicted in normalised units; `denormalize` maps back): "
-            + ", ".join(
-                f"`{o}`: mean {m:.4g}, std {s:.4g}"
-                for o, m, s in zip(config.objectives, config.reward_mean, config.reward_std)
-            ),
-            "",
-            "## Training data",
-            "",
-        ]
-        data = info.pop("data", None)
-        if isinstance(data, dict) and data:
-            lines += [f"- **{key}**: {value}" for key, value in data.items()]
-        elif data:
-            lines.append(str(data))
-        else:
-            lines.append("Not recorded.")
-        lines += ["", "## Validation metrics", ""]
-        metrics = info.pop("metrics", None)
-        lines += _metrics_markdown(metrics, config.objectives) if metrics else ["Not recorded."]
-        if info:
-            lines += ["", "## Training details", ""]
-            lines += [f"- **{key}**: {json.dumps(value, default=str)}" for key, value in info.items()]
-        lines += [
-            "",
-            "## Usage",
-            "",
-            "```python",
-            "import hf_rmod",
-            "from transformers import AutoModel",
-            "",
-            'value_model = AutoModel.from_pretrained("<this repo>")  # a hf_rmod.MultiValueHead',
-            "```",
-            "",
-        ]
-        content = f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines)
-        return ModelCard(content)
+        return _hub.render_model_card(self, tags)
 
     # -- checks -------------------------------------------------------------------------------------------------
     def check_compatible(self, policy: PreTrainedModel, objectives: Sequence[str] | None = None) -> None:
@@ -744,12 +470,6 @@ class MultiValueHead(PreTrainedModel):
             )
 
 
-def _module_device(model: nn.Module) -> torch.device:
-    for param in model.parameters():
-        return param.device
-    return torch.device("cpu")
-
-
 def _policy_sizes(model: nn.Module) -> tuple[int | None, int | None]:
     """(final hidden width, vocab size) of a causal LM: what its lm_head reads / writes."""
     hidden_size = vocab_size = None
@@ -780,65 +500,6 @@ def _base_model_of(model: PreTrainedModel) -> PreTrainedModel:
             )
         return base
     return model
-
-
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
-
-
-def _looks_like_repo_id(name: str | None) -> bool:
-    return bool(name) and _REPO_ID.match(name) is not None and not os.path.exists(name)
-
-
-def _metrics_markdown(metrics: Any, objectives: Sequence[str]) -> list[str]:
-    """Render ``{"metric": {objective: value}}`` as a table, other values as a list."""
-    if not isinstance(metrics, dict):
-        return [str(metrics)]
-    table = {k: v for k, v in metrics.items() if isinstance(v, dict) and set(v) <= set(objectives)}
-    lines = []
-    if table:
-        lines.append("| metric | " + " | ".join(objectives) + " |")
-        lines.append("|---|" + "---|" * len(objectives))
-        for name, row in table.items():
-            cells = [f"{row[o]:.4g}" if isinstance(row.get(o), (int, float)) else "" for o in objectives]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
-    for name, value in metrics.items():
-        if name not in table:
-            lines.append(f"- **{name}**: {json.dumps(value, default=str)}")
-    return lines
-
-
-def _require_safetensors(directory: str) -> None:
-    names = set(os.listdir(directory))
-    if any(name.endswith(".safetensors") or name.endswith(".safetensors.index.json") for name in names):
-        return
-    pickles = sorted(name for name in names if name.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")))
-    if pickles:
-        raise OSError(
-            f"{directory!r} holds only pickle weights {pickles}; value heads load safetensors only, because pickle "
-            "files can execute code when loaded. Convert them with safetensors.torch.save_file (after checking "
-            "their origin) or re-save the head with save_pretrained()."
-        )
-
-
-def _describe_mismatch(cls: type, directory: str) -> str:
-    """': key ckpt (shape) vs model (shape), ...' for a local checkpoint, or '' if it cannot be worked out."""
-    try:
-        from safetensors import safe_open
-
-        config = cls.config_class.from_pretrained(directory)
-        with torch.device("meta"):
-            expected = {k: tuple(v.shape) for k, v in cls(config).state_dict().items()}
-        found = {}
-        for name in os.listdir(directory):
-            if name.endswith(".safetensors"):
-                with safe_open(os.path.join(directory, name), framework="pt") as handle:
-                    for key in handle.keys():
-                        found[key] = tuple(handle.get_slice(key).get_shape())
-    except Exception:  # the description is best effort; the caller raises anyway
-        return ""
-    bad = [f"{k} ckpt {found[k]} vs model {expected[k]}" for k in expected if k in found and found[k] != expected[k]]
-    return (": " + "; ".join(bad)) if bad else ""
 
 
 def _register() -> None:

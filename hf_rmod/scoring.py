@@ -1,6 +1,6 @@
 """Value scorers: how the decoding loop obtains ``V(x, y^t; z)`` for each candidate block.
 
-Two scorers share one small interface used by :class:`~hf_rmod.RobustMultiObjectiveGenerator`:
+Three scorers implement the :class:`Scorer` protocol used by :class:`~hf_rmod.RobustMultiObjectiveGenerator`:
 
 * :class:`PolicyHiddenStateScorer` — for a shared-trunk `MultiValueHead`: a forward pre-hook on
   the policy's output embedding (``lm_head``) records exactly what ``lm_head`` sees (the final,
@@ -11,22 +11,125 @@ Two scorers share one small interface used by :class:`~hf_rmod.RobustMultiObject
 * :class:`RetokenizingScorer` — for a backbone value model with another tokenizer
   (``RMODConfig(value_tokenizer=..., tokenizer=...)``): re-encodes each candidate's text per block.
 
-Interface (``rows`` = number of live candidate rows, ``prompt`` + generated tokens so far):
+:func:`make_scorer` picks the scorer that fits a head; pass another factory with the same signature as
+``RobustMultiObjectiveGenerator(scorer_factory=...)`` to score differently.
 
-``prefill(input_ids, attention_mask)`` once, after the policy's prefill;
-``observe(real)`` after every policy forward of one new token (``real``: (rows,) bool, the fed
-token is a real token, not padding after EOS);
-``block_values(block_ids, block_real) -> (rows, G_all)`` at the end of every block;
-``reorder(index)`` whenever rows are expanded / selected (index into the current rows);
-``close()`` to remove hooks.
+The same lm_head-input hook (:class:`LMHeadInputCapture`) gives :func:`policy_final_hidden_states`, the
+hidden states a shared-trunk head is trained on, so training and decoding read the same tensor.
 """
 
 from __future__ import annotations
+
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from .modeling_value_head import MultiValueHead
+
+__all__ = [
+    "CachedBackboneScorer",
+    "LMHeadInputCapture",
+    "PolicyHiddenStateScorer",
+    "RetokenizingScorer",
+    "Scorer",
+    "ScorerFactory",
+    "make_scorer",
+    "policy_final_hidden_states",
+]
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """What the decoding loop needs from a value scorer.
+
+    ``rows`` is the number of live candidate rows (``batch * K`` while candidates are sampled, ``batch``
+    after selection); ``G_all`` is the number of outputs of the value model (all its objectives; the
+    decoder picks the configured ones). The decoder calls, in this order:
+
+    ``prefill(input_ids, attention_mask)``
+        once, after the policy's prefill. ``input_ids``: (batch, prompt_len) policy token ids,
+        left-padded; ``attention_mask``: (batch, prompt_len) 1 for real tokens, or ``None`` (all real).
+    ``reorder(index)``
+        whenever rows are expanded or selected: ``index`` (new_rows,) long, indices into the current
+        rows (``arange(batch).repeat_interleave(K)`` to expand, the chosen rows to select).
+    ``observe(real)``
+        after every policy forward of one new token; ``real``: (rows,) bool, True when the fed token is a
+        real token (not padding after EOS).
+    ``block_values(block_ids, block_real) -> (rows, G_all)``
+        at the end of every block: ``block_ids`` (rows, L) the block's token ids, ``block_real`` (rows, L)
+        bool; returns each row's values (any float dtype; the decoder casts to float32).
+    ``close()``
+        once, at the end (also after an error): remove hooks, drop caches.
+    """
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None: ...
+
+    def observe(self, real: torch.Tensor) -> None: ...
+
+    def block_values(self, block_ids: torch.Tensor, block_real: torch.Tensor) -> torch.Tensor: ...
+
+    def reorder(self, index: torch.Tensor) -> None: ...
+
+    def close(self) -> None: ...
+
+
+#: ``factory(head, policy, cfg) -> Scorer``: the signature of :func:`make_scorer`.
+ScorerFactory = Callable[..., Scorer]
+
+
+class LMHeadInputCapture:
+    """Records what a policy's LM head reads: a forward pre-hook on ``policy.get_output_embeddings()``.
+
+    After each policy forward, ``hidden`` is the input of ``lm_head``, (rows, T, H): the final, normalised
+    hidden state for any architecture (T == 1 when the model is called with ``logits_to_keep=1``).
+    Use as a context manager, or call :meth:`close` to remove the hook.
+    """
+
+    def __init__(self, policy: nn.Module):
+        get_out = getattr(policy, "get_output_embeddings", None)
+        lm_head = get_out() if callable(get_out) else None
+        if lm_head is None:
+            raise ValueError(
+                f"{type(policy).__name__} has no output embedding (`get_output_embeddings()` is None): a "
+                "shared-trunk value head needs the hidden state that feeds the LM head, so pass a causal LM policy, "
+                "or use a value head with its own backbone (`MultiValueHead.from_backbone`)."
+            )
+        self.hidden: torch.Tensor | None = None  # (rows, T, H) input of the latest lm_head call
+        self._handle = lm_head.register_forward_pre_hook(self._capture)
+
+    def _capture(self, module: nn.Module, args: tuple) -> None:
+        self.hidden = args[0]
+
+    def close(self) -> None:
+        self._handle.remove()
+
+    def __enter__(self) -> "LMHeadInputCapture":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def policy_final_hidden_states(
+    policy: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """The policy's final hidden states at every position: exactly what its lm_head reads. ``(batch, T, H)``.
+
+    Captured with :class:`LMHeadInputCapture` (a forward pre-hook on ``policy.get_output_embeddings()``), so it
+    is the post-final-norm state for any architecture, the same tensor the shared-trunk head sees during
+    decoding (:class:`PolicyHiddenStateScorer`).
+    """
+    with LMHeadInputCapture(policy) as capture:
+        policy(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    hidden = capture.hidden
+    if hidden is None or hidden.shape[:2] != input_ids.shape:
+        shape = None if hidden is None else tuple(hidden.shape)
+        raise RuntimeError(
+            f"lm_head saw hidden states of shape {shape} for input {tuple(input_ids.shape)}; the policy "
+            "did not compute logits at every position."
+        )
+    return hidden
 
 
 class PolicyHiddenStateScorer:
@@ -39,25 +142,15 @@ class PolicyHiddenStateScorer:
 
     def __init__(self, head: MultiValueHead, policy: nn.Module):
         self.head = head
-        lm_head = policy.get_output_embeddings()
-        if lm_head is None:
-            raise ValueError(
-                f"{type(policy).__name__} has no output embedding (`get_output_embeddings()` is None): a "
-                "shared-trunk value head needs the hidden state that feeds the LM head. Use a value head with "
-                "its own backbone (`MultiValueHead.from_backbone`)."
-            )
-        self._last: torch.Tensor | None = None  # (rows, H) hidden state of the latest forward
+        self._capture = LMHeadInputCapture(policy)
         self._kept: torch.Tensor | None = None  # (rows, H) hidden state at each row's last real token
-        self._handle = lm_head.register_forward_pre_hook(self._capture)
-
-    def _capture(self, module: nn.Module, args: tuple) -> None:
-        hidden = args[0]  # (rows, T, H); T == 1 with logits_to_keep=1
-        self._last = hidden[:, -1].detach()  # (rows, H)
 
     def _take_last(self) -> torch.Tensor:
-        if self._last is None:
+        hidden = self._capture.hidden  # (rows, T, H)
+        if hidden is None:
             raise RuntimeError("the policy's LM head was not called: cannot read its hidden state")
-        return self._last
+        self._capture.hidden = None
+        return hidden[:, -1].detach()  # (rows, H)
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
         self._kept = self._take_last()
@@ -71,10 +164,10 @@ class PolicyHiddenStateScorer:
 
     def reorder(self, index: torch.Tensor) -> None:
         self._kept = self._kept.index_select(0, index)
-        self._last = None
+        self._capture.hidden = None
 
     def close(self) -> None:
-        self._handle.remove()
+        self._capture.close()
 
 
 class CachedBackboneScorer:
@@ -184,9 +277,13 @@ class RetokenizingScorer:
         pass
 
 
-def make_scorer(head: MultiValueHead, policy: nn.Module, cfg=None):
+def make_scorer(head: MultiValueHead, policy: nn.Module, cfg=None) -> Scorer:
     """The scorer that fits `head`: hidden-state hook for a shared trunk, cached backbone otherwise,
-    re-tokenising when the config gives the value model its own tokenizer."""
+    re-tokenising when the config gives the value model its own tokenizer.
+
+    The default ``scorer_factory`` of :class:`~hf_rmod.RobustMultiObjectiveGenerator`; `cfg` is the
+    `RMODConfig` of the call (``value_tokenizer``, ``tokenizer``, ``value_max_length`` are read).
+    """
     if head.uses_policy_hidden_states:
         if cfg is not None and cfg.value_tokenizer is not None:
             raise ValueError(

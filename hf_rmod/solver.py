@@ -48,6 +48,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from numbers import Real
 from typing import NamedTuple
 
 import torch
@@ -186,7 +187,7 @@ def solve_weights(
     """
     if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
-    tol = _check_positive_number("tol", tol)
+    tol = _positive_number("tol", tol)
     if max_iter is None:
         max_iter = _DEFAULT_MAX_ITER[method]
     elif isinstance(max_iter, bool) or not isinstance(max_iter, int):
@@ -194,7 +195,7 @@ def solve_weights(
     elif max_iter < 1:
         raise ValueError(f"max_iter must be >= 1; got {max_iter}. Pass None for the default.")
     if step_size is not None:
-        step_size = _check_positive_number("step_size", step_size)
+        step_size = _positive_number("step_size", step_size)
         if method == "exact":
             warnings.warn(
                 "step_size is ignored by method='exact' (it chooses its own steps); "
@@ -227,11 +228,8 @@ def weighted_objective(
     ``(batch, G)`` (or ``(G,)`` for unbatched values). Weights are used as given (not projected).
     Returned in float32 for half/bfloat16 values, else ``values.dtype`` (0-dim if unbatched).
     """
-    prob = _prepare(values, lam, mask, log_probs)
-    w = _check_weights(weights, prob)
-    with torch.no_grad():
-        f_u, _, _ = _tilted(prob.scaled, prob.log_q, w)  # (B,)
-        return _unbatch(prob, (f_u + prob.shift).to(prob.out_dtype))
+    prob, f_u, _ = _tilted_at(values, weights, lam, mask, log_probs)  # f_u: (B,)
+    return _unbatch(prob, (f_u + prob.shift).to(prob.out_dtype))
 
 
 def tilted_means(
@@ -246,12 +244,18 @@ def tilted_means(
     These are the expected values of the best-response policy (eq. 6); ``\lambda m`` is the
     gradient of :math:`F`. Arguments and dtype as in :func:`weighted_objective`.
     """
+    prob, _, log_p = _tilted_at(values, weights, lam, mask, log_probs)  # log_p: (B, K)
+    m = torch.einsum("bk,bkg->bg", log_p.exp(), prob.values)  # (B, G)
+    return _unbatch(prob, m.to(prob.out_dtype))
+
+
+@torch.no_grad()
+def _tilted_at(values, weights, lam, mask, log_probs) -> tuple[_Problem, torch.Tensor, torch.Tensor]:
+    """The checked problem and, at the given weights, ``F(w) - shift`` (B,) and the tilted log-probs (B, K)."""
     prob = _prepare(values, lam, mask, log_probs)
     w = _check_weights(weights, prob)
-    with torch.no_grad():
-        _, log_p, _ = _tilted(prob.scaled, prob.log_q, w)
-        m = torch.einsum("bk,bkg->bg", log_p.exp(), prob.values)  # (B, G)
-        return _unbatch(prob, m.to(prob.out_dtype))
+    f_u, log_p, _ = _tilted(prob.scaled, prob.log_q, w)
+    return prob, f_u, log_p
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,15 +263,21 @@ def tilted_means(
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_positive_number(name: str, x: object) -> float:
-    if isinstance(x, torch.Tensor) and x.numel() == 1:
-        x = x.item()
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise TypeError(f"{name} must be a positive finite number; got {x!r}.")
-    x = float(x)
-    if not math.isfinite(x) or x <= 0:
-        raise ValueError(f"{name} must be a positive finite number; got {x}.")
-    return x
+_LAM_HINT = "e.g. lam=0.5; small lam spreads the weights, large lam concentrates them on the worst objective"
+
+
+def _positive_number(name: str, value: object, hint: str = "") -> float:
+    """`value` as a finite float > 0 (a Python/NumPy real or a one-element tensor); the one check of every
+    positive setting (`lam`, `tol`, `step_size`, and `RMODConfig.lam`). Errors name `name`, the value and `hint`."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    suffix = f" ({hint})" if hint else ""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"`{name}` must be a positive finite number, got {value!r} ({type(value).__name__}){suffix}.")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive finite number, got {name}={value}{suffix}.")
+    return value
 
 
 def _bad_rows(bad: torch.Tensor) -> list[int]:
@@ -298,7 +308,7 @@ def _prepare(values, lam, mask, log_probs) -> _Problem:
             f"values needs at least one candidate (K) and one objective (G); got shape "
             f"{tuple(values.shape)}."
         )
-    lam_f = _check_lam(lam)
+    lam_f = _positive_number("lam", lam, _LAM_HINT)
     device = values.device
     work = torch.float32 if device.type == "mps" else torch.float64
     out_dtype = torch.float32 if values.dtype in (torch.float16, torch.bfloat16) else values.dtype
@@ -330,20 +340,6 @@ def _prepare(values, lam, mask, log_probs) -> _Problem:
     c = v64.sum(dim=(1, 2)) / n  # (B,) mean present value
     scaled = torch.where(present[:, :, None], lam_f * (v64 - c[:, None, None]), 0.0)
     return _Problem(v64, scaled, log_q, lam_f * c, lam_f, unbatched, out_dtype)
-
-
-def _check_lam(lam) -> float:
-    if isinstance(lam, torch.Tensor) and lam.numel() == 1:
-        lam = lam.item()
-    if isinstance(lam, bool) or not isinstance(lam, (int, float)):
-        raise TypeError(f"lam must be a positive finite number (e.g. lam=0.5); got {lam!r}.")
-    lam = float(lam)
-    if not math.isfinite(lam) or lam <= 0:
-        raise ValueError(
-            f"lam must be a positive finite number (e.g. lam=0.5); got lam={lam}. "
-            f"Small lam spreads the weights, large lam concentrates them on the worst objective."
-        )
-    return lam
 
 
 def _check_mask(mask, unbatched: bool, B: int, K: int, device) -> torch.Tensor:

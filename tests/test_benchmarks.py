@@ -22,7 +22,7 @@ from benchmarks.common import (  # noqa: E402
     TINY_VOCAB, fixed_length_kwargs, own_backbone_head, shared_trunk_head, target_met, tiny_llama, tiny_prompts,
 )
 from benchmarks.decoding import SECTIONS  # noqa: E402
-from benchmarks.naive import naive_rmod_generate, reencoding_value_scorer  # noqa: E402
+from benchmarks.naive import naive_rmod_generate, reencoding_scorer_factory  # noqa: E402
 
 
 def test_quick_run_reports_every_section(tmp_path):
@@ -77,9 +77,9 @@ def test_reencoding_scorer_matches_cached_scorer():
     kw = dict(attention_mask=mask, rmod_config=cfg, return_dict_in_generate=True, **fixed_length_kwargs(12))
     torch.manual_seed(0)
     cached = model.generate(ids, **kw)
-    with reencoding_value_scorer():
-        torch.manual_seed(0)
-        reencoded = model.generate(ids, **kw)
+    torch.manual_seed(0)
+    generator = hf_rmod.RobustMultiObjectiveGenerator(scorer_factory=reencoding_scorer_factory)
+    reencoded = model.generate(ids, custom_generate=generator, **kw)
     assert torch.equal(cached.sequences, reencoded.sequences)
     torch.testing.assert_close(cached.values, reencoded.values, atol=1e-5, rtol=1e-5)
 

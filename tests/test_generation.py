@@ -34,6 +34,8 @@ def _seeded(fn, seed=1234):
 
 
 SAMPLING = dict(do_sample=True, temperature=0.9, top_k=20, top_p=0.95, repetition_penalty=1.2)
+# Deterministic RMOD runs: sampling from the top-1 token is greedy decoding (do_sample=False with K > 1 is refused).
+GREEDY = dict(do_sample=True, top_k=1)
 
 
 # ----------------------------------------------------------------------------------------------- parity
@@ -125,7 +127,7 @@ def test_finished_prompts_stop_costing_compute():
     cfg = RMODConfig(value_model=_head_for(model), num_candidates=2, block_size=4)
     counter = _TokenCounter(model)
     try:
-        out = model.generate(ids, attention_mask=mask, rmod_config=cfg, max_new_tokens=12, do_sample=False,
+        out = model.generate(ids, attention_mask=mask, rmod_config=cfg, max_new_tokens=12, **GREEDY,
                              eos_token_id=eos, pad_token_id=PAD, return_dict_in_generate=True)
     finally:
         counter.close()
@@ -171,7 +173,7 @@ def test_left_padded_batch_matches_each_prompt_alone():
     model = hf_rmod.enable(tiny_causal_lm("llama"))
     ids, mask = prompts(batch=3, length=7, seed=4, ragged=True)
     cfg = RMODConfig(value_model=_head_for(model), num_candidates=2, block_size=3)
-    kw = dict(rmod_config=cfg, max_new_tokens=9, do_sample=False, eos_token_id=None, pad_token_id=PAD,
+    kw = dict(rmod_config=cfg, max_new_tokens=9, **GREEDY, eos_token_id=None, pad_token_id=PAD,
               return_dict_in_generate=True)
     batched = model.generate(ids, attention_mask=mask, **kw)
     for b in range(3):
@@ -261,7 +263,7 @@ def test_objective_subset_and_fixed_weights_length():
     ids, _ = prompts(batch=1, length=4)
     head = _head_for(model)
     cfg = RMODConfig(value_model=head, num_candidates=2, block_size=2, objectives=["honest", "harmless"])
-    out = model.generate(ids, rmod_config=cfg, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
+    out = model.generate(ids, rmod_config=cfg, max_new_tokens=4, **GREEDY, return_dict_in_generate=True)
     assert out.objectives == ("honest", "harmless") and out.values.shape[-1] == 2
     with pytest.raises(ValueError, match="objectives"):
         model.generate(ids, rmod_config=RMODConfig(value_model=head, objectives=["nope"]), max_new_tokens=2)
@@ -348,9 +350,23 @@ def test_value_model_loaded_lazily_from_a_path(tmp_path):
     head.save_pretrained(tmp_path / "head")
     cfg = RMODConfig(value_model=str(tmp_path / "head"), num_candidates=2, block_size=2)
     ids, _ = prompts(batch=1, length=4)
-    out = model.generate(ids, rmod_config=cfg, max_new_tokens=4, do_sample=False, return_dict_in_generate=True)
-    assert isinstance(cfg.value_model, MultiValueHead)
+    calls = []
+    original = MultiValueHead.from_pretrained.__func__
+
+    def counting(cls, *args, **kwargs):
+        calls.append(args[0])
+        return original(cls, *args, **kwargs)
+
+    MultiValueHead.from_pretrained = classmethod(counting)
+    try:
+        out = model.generate(ids, rmod_config=cfg, max_new_tokens=4, **GREEDY, return_dict_in_generate=True)
+        again = model.generate(ids, rmod_config=cfg, max_new_tokens=4, **GREEDY, return_dict_in_generate=True)
+    finally:
+        MultiValueHead.from_pretrained = classmethod(original)
+    assert cfg.value_model == str(tmp_path / "head")  # decoding never writes into the user's config
+    assert len(calls) == 1  # the loaded head is cached outside the config and reused
     assert out.values.shape[-1] == 3
+    assert torch.equal(out.sequences, again.sequences)
 
 
 def test_value_head_that_does_not_fit_the_policy_is_rejected():
@@ -434,7 +450,7 @@ def test_text_streamer_with_a_tokenizer(capsys):
     model = hf_rmod.enable(tiny_causal_lm("llama"))
     ids, _ = prompts(batch=1, length=4, seed=17)
     cfg = RMODConfig(value_model=_head_for(model), num_candidates=2, block_size=3)
-    out = model.generate(ids, rmod_config=cfg, max_new_tokens=6, do_sample=False, eos_token_id=None,
+    out = model.generate(ids, rmod_config=cfg, max_new_tokens=6, **GREEDY, eos_token_id=None,
                          streamer=TextStreamer(tokenizer))
     printed = capsys.readouterr().out
     assert tokenizer.decode(out[0, 4:]).split()[-1] in printed
@@ -501,7 +517,7 @@ def test_text_generation_pipeline_passes_rmod_config():
 
     hf_rmod.RobustMultiObjectiveGenerator._weights = staticmethod(spy)
     try:
-        result = pipe("w5 w6 w7", rmod_config=cfg, max_new_tokens=4, do_sample=False)
+        result = pipe("w5 w6 w7", rmod_config=cfg, max_new_tokens=4, **GREEDY)
     finally:
         hf_rmod.RobustMultiObjectiveGenerator._weights = staticmethod(original)
     assert result[0]["generated_text"].startswith("w5 w6 w7")
