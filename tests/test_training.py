@@ -1,4 +1,5 @@
-"""Tests for hf_rmod.training: sampling, CD-FUDGE training, metrics, CLI (tiny in-process models, offline)."""
+"""Tests for hf_rmod.training (now hf_rmod.experiments.sampling / value_training): sampling, CD-FUDGE training,
+metrics, the sample/train-value CLI (tiny in-process models, offline)."""
 
 import json
 import os
@@ -12,11 +13,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from hf_rmod.experiments.value_training import _collate, _Example
 from hf_rmod.modeling_value_head import MultiValueHead
-from hf_rmod.training import (
-    _collate,
-    _Example,
-    add_cli_parsers,
+from hf_rmod.training import (  # the old import path: a thin re-export of hf_rmod.experiments
     cd_fudge_loss,
     policy_final_hidden_states,
     sample_responses,
@@ -335,48 +334,45 @@ def test_train_under_accelerate_launch_two_processes(setup, tmp_path):
     assert (tmp_path / "run" / "best" / "model.safetensors").exists()
 
 
-def test_cli_parsers_and_spec_errors(tmp_path):
-    import argparse
+def test_cli_parsers_and_spec_errors(tmp_path, monkeypatch):
+    # moved from the old hf_rmod.training.add_cli_parsers / _load_callable to hf_rmod.cli / hf_rmod.rewards
+    import hf_rmod.cli as cli
+    from hf_rmod.rewards import load_reward_functions
 
-    from hf_rmod.training import _load_callable
-
-    parser = argparse.ArgumentParser(prog="hf-rmod")
-    add_cli_parsers(parser.add_subparsers(dest="command"))
+    parser = cli.build_parser()
     args = parser.parse_args(["sample", "--policy", "p", "--prompts", "x.jsonl", "--reward",
                               "good=test_training:good_fraction", "-n", "3", "-o", "out.jsonl"])
-    assert args.command == "sample" and args.num_responses == 3 and callable(args.func)
+    assert args.command == "sample" and args.num_responses == 3 and callable(getattr(cli, cli.COMMANDS[args.command].run))
     args = parser.parse_args(["train-value", "--records", "r.jsonl", "--policy", "p", "-o", "run", "--epochs", "2",
                               "--head-type", "mlp"])
     assert args.epochs == 2 and args.head_type == "mlp" and args.kind == "shared"
-    sys.path.insert(0, str(Path(__file__).parent))
-    name, fn = _load_callable("good=test_training:good_fraction")
-    assert name == "good" and fn is good_fraction
-    with pytest.raises(argparse.ArgumentTypeError, match="NAME=MODULE:CALLABLE"):
-        _load_callable("good=nomodule")
-    with pytest.raises(argparse.ArgumentTypeError, match="no attribute"):
-        _load_callable("good=test_training:nothing_here")
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    (fn,) = load_reward_functions(["good=test_training:good_fraction"])
+    assert fn.objectives == ["good"] and fn.fn is good_fraction
+    with pytest.raises(ValueError, match="NAME=MODULE:CALLABLE"):
+        load_reward_functions(["good=nomodule"])
+    with pytest.raises(ValueError, match="no attribute"):
+        load_reward_functions(["good=test_training:nothing_here"])
 
 
 def test_cli_sample_then_train_end_to_end(tmp_path, monkeypatch):
-    import argparse
+    from hf_rmod.cli import main
 
     policy, tokenizer = tiny_policy(), tiny_tokenizer()
     policy.save_pretrained(tmp_path / "policy")
     tokenizer.save_pretrained(tmp_path / "policy")
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in make_prompts(10)))
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    parser = argparse.ArgumentParser(prog="hf-rmod")
-    add_cli_parsers(parser.add_subparsers(dest="command"))
-    args = parser.parse_args([
+    assert main([
         "sample", "--policy", str(tmp_path / "policy"), "--prompts", str(tmp_path / "prompts.jsonl"),
         "--reward", "good_fraction=test_training:good_fraction", "--reward", "length_fraction=test_training:length_fraction",
         "-n", "4", "--max-new-tokens", str(MAX_NEW), "--no-chat-template", "-o", str(tmp_path / "rec.jsonl"), "--seed", "0",
-    ])
-    assert args.func(args) == 0
+        "--device", "cpu",
+    ]) == 0
     assert len((tmp_path / "rec.jsonl").read_text().splitlines()) == 40
-    args = parser.parse_args(["train-value", "--records", str(tmp_path / "rec.jsonl"), "--policy", str(tmp_path / "policy"),
-                              "-o", str(tmp_path / "run"), "--epochs", "1"])
-    assert args.func(args) == 0
+    assert main(["train-value", "--records", str(tmp_path / "rec.jsonl"), "--policy", str(tmp_path / "policy"),
+                 "-o", str(tmp_path / "run"), "--epochs", "1", "--device", "cpu"]) == 0
     loaded = MultiValueHead.from_pretrained(tmp_path / "run" / "best")
     assert loaded.objectives == OBJECTIVES
     assert loaded.config.policy_name_or_path == str(tmp_path / "policy")
+    assert loaded.config.training_info["data"]["records"] == str(tmp_path / "rec.jsonl")  # not "in-memory"
