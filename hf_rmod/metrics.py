@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ._utils import check_unique_names
 
 __all__ = [
     "MetricSummary",
@@ -111,8 +112,8 @@ def worst_case_win_rate(method_rewards: Any, reference_rewards: Any) -> float:
 
 
 def _win_scores(method: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """``(n, G), (n, G) -> (n,)`` per-prompt score: 1 win, 0.5 tie, 0 loss."""
-    m, r = method.min(axis=1), reference.min(axis=1)
+    """``(..., n, G), (..., n, G) -> (..., n)`` per-prompt score: 1 win, 0.5 tie, 0 loss."""
+    m, r = method.min(axis=-1), reference.min(axis=-1)
     return (m > r).astype(np.float64) + 0.5 * (m == r)
 
 
@@ -122,20 +123,29 @@ def bootstrap_ci(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int | None = 0,
+    vectorized: bool = False,
 ) -> tuple[float, float]:
     """Percentile bootstrap confidence interval, resampling prompts.
 
     Each resample draws ``n`` row indices with replacement and applies the same indices to every
     array (paired resampling: a method and its reference stay matched on the same prompts), then
-    evaluates ``statistic_fn(*resampled_arrays)``. The interval is the ``(1 - confidence) / 2`` and
-    ``(1 + confidence) / 2`` quantiles of the resampled statistic.
+    evaluates ``statistic_fn`` on the resampled arrays. The interval is the ``(1 - confidence) / 2``
+    and ``(1 + confidence) / 2`` quantiles of the resampled statistic.
+
+    The indices of all resamples are one ``(n_resamples, n)`` matrix drawn from
+    ``numpy.random.default_rng(seed)`` (row ``b`` is resample ``b``; the same draws, in the same order,
+    as ``n_resamples`` successive ``rng.integers(0, n, size=n)`` calls). So a fixed ``seed`` gives the
+    same interval for the same inputs, whichever path evaluates the statistic.
 
     Args:
-        statistic_fn: maps the arrays (same order as given) to a scalar.
+        statistic_fn: maps the arrays (same order as given) to a scalar; with ``vectorized=True`` it
+            maps arrays with a leading resample axis, ``(B, n, ...)``, to ``(B,)`` statistics (e.g.
+            ``lambda a: a.mean(axis=1)``), which avoids a Python call per resample.
         *arrays: one or more arrays sharing their first dimension ``n`` (prompts).
         n_resamples: number of bootstrap resamples (>= 1).
         confidence: coverage level in ``(0, 1)``.
         seed: seed of the numpy generator (``None``: nondeterministic).
+        vectorized: whether ``statistic_fn`` takes a batch of resamples (see above).
 
     Returns:
         ``(low, high)`` floats.
@@ -145,13 +155,34 @@ def bootstrap_ci(
         >>> low, high = bootstrap_ci(np.mean, np.arange(100.0), n_resamples=200)
         >>> low < 49.5 < high
         True
+        >>> bootstrap_ci(lambda a: a.mean(axis=1), np.arange(100.0), n_resamples=200, vectorized=True) == (low, high)
+        True
     """
-    if not arrays:
-        raise ValueError("bootstrap_ci needs at least one array to resample.")
-    if not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
+    if not isinstance(n_resamples, (int, np.integer)) or isinstance(n_resamples, bool) or n_resamples < 1:
         raise ValueError(f"`n_resamples` must be a positive int, got {n_resamples!r}.")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"`confidence` must be in (0, 1), e.g. 0.95, got {confidence!r}.")
+    converted = _as_resampling_arrays(arrays)
+    n = converted[0].shape[0]
+    indices = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))  # (B, n)
+    if vectorized:
+        stats = _vectorized_statistics(statistic_fn, converted, indices)
+    else:
+        stats = np.array([float(statistic_fn(*(a[idx] for a in converted))) for idx in indices])  # (B,)
+    if not np.isfinite(stats).all():
+        raise ValueError("`statistic_fn` returned NaN/inf on some resamples; check it on small samples.")
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(stats, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+_CHUNK_ELEMENTS = 1 << 22  # resampled values held at once by the vectorised path (~32 MB of float64)
+
+
+def _as_resampling_arrays(arrays: Sequence[Any]) -> list[np.ndarray]:
+    """The arrays of :func:`bootstrap_ci` as numpy arrays with a shared, non-empty first axis."""
+    if not arrays:
+        raise ValueError("bootstrap_ci needs at least one array to resample.")
     converted = []
     for k, a in enumerate(arrays):
         if hasattr(a, "detach"):
@@ -160,22 +191,36 @@ def bootstrap_ci(
         if a.ndim == 0:
             raise ValueError(f"array {k} is a scalar; bootstrap_ci resamples along the first (prompt) axis.")
         converted.append(a)
-    n = converted[0].shape[0]
     lengths = [a.shape[0] for a in converted]
-    if any(length != n for length in lengths):
+    if any(length != lengths[0] for length in lengths):
         raise ValueError(f"All arrays must have the same number of rows (prompts), got {lengths}.")
-    if n == 0:
+    if lengths[0] == 0:
         raise ValueError("Cannot bootstrap over zero prompts.")
-    rng = np.random.default_rng(seed)
-    stats = np.empty(n_resamples)
-    for b in range(n_resamples):
-        idx = rng.integers(0, n, size=n)  # (n,)
-        stats[b] = float(statistic_fn(*(a[idx] for a in converted)))
-    if not np.isfinite(stats).all():
-        raise ValueError("`statistic_fn` returned NaN/inf on some resamples; check it on small samples.")
-    alpha = (1.0 - confidence) / 2.0
-    low, high = np.quantile(stats, [alpha, 1.0 - alpha])
-    return float(low), float(high)
+    return converted
+
+
+def _vectorized_statistics(
+    statistic_fn: Callable[..., Any], arrays: list[np.ndarray], indices: np.ndarray
+) -> np.ndarray:
+    """``(B,)`` statistics of the resamples ``indices`` ``(B, n)``, a chunk of resamples per call."""
+    row_size = sum(int(np.prod(a.shape[1:], dtype=np.int64)) for a in arrays) * indices.shape[1]
+    chunk = max(1, _CHUNK_ELEMENTS // max(row_size, 1))
+    parts = []
+    for start in range(0, indices.shape[0], chunk):
+        idx = indices[start : start + chunk]  # (b, n)
+        out = np.asarray(statistic_fn(*(a[idx] for a in arrays)), dtype=np.float64)  # each array (b, n, ...)
+        if out.shape != (idx.shape[0],):
+            raise ValueError(
+                f"`statistic_fn` with vectorized=True must return one value per resample, shape ({idx.shape[0]},), "
+                f"got shape {out.shape}; reduce over axis 1 (the prompts), e.g. lambda a: a.mean(axis=1)."
+            )
+        parts.append(out)
+    return np.concatenate(parts)
+
+
+def _mean_of_resamples(resampled: np.ndarray) -> np.ndarray:
+    """``(B, n) -> (B,)``: the mean of each resample (the vectorised ``np.mean`` of :func:`bootstrap_ci`)."""
+    return resampled.mean(axis=1)
 
 
 @dataclass
@@ -255,16 +300,14 @@ def summarize(
     method = _as_reward_matrix(method_rewards, "method_rewards")
     reference = _as_reward_matrix(reference_rewards, "reference_rewards")
     _check_paired(method, reference)
-    objectives = list(objectives)
+    objectives = check_unique_names(objectives, "objectives")
     if len(objectives) != method.shape[1]:
         raise ValueError(
             f"`objectives` has {len(objectives)} names {objectives} but the rewards have {method.shape[1]} columns."
         )
-    if len(set(objectives)) != len(objectives):
-        raise ValueError(f"`objectives` must be unique, got {objectives}.")
-    ci = dict(n_resamples=n_resamples, confidence=confidence, seed=seed)
+    ci = dict(n_resamples=n_resamples, confidence=confidence, seed=seed, vectorized=True)
     means = method.mean(axis=0)
-    mean_cis = {g: bootstrap_ci(np.mean, method[:, j], **ci) for j, g in enumerate(objectives)}
+    mean_cis = {g: bootstrap_ci(_mean_of_resamples, method[:, j], **ci) for j, g in enumerate(objectives)}
     return MetricSummary(
         objectives=objectives,
         n_prompts=int(method.shape[0]),
@@ -272,10 +315,10 @@ def summarize(
         mean_rewards_ci=mean_cis,
         reference_mean_rewards={g: float(v) for g, v in zip(objectives, reference.mean(axis=0))},
         worst_case_reward=worst_case_reward(method),
-        worst_case_reward_ci=bootstrap_ci(lambda m: m.min(axis=1).mean(), method, **ci),
+        worst_case_reward_ci=bootstrap_ci(lambda m: m.min(axis=-1).mean(axis=-1), method, **ci),  # (B, n, G) -> (B,)
         reference_worst_case_reward=worst_case_reward(reference),
         worst_case_win_rate=worst_case_win_rate(method, reference),
-        worst_case_win_rate_ci=bootstrap_ci(lambda m, r: _win_scores(m, r).mean(), method, reference, **ci),
+        worst_case_win_rate_ci=bootstrap_ci(lambda m, r: _win_scores(m, r).mean(axis=-1), method, reference, **ci),
         confidence=confidence,
         n_resamples=n_resamples,
     )

@@ -1,4 +1,5 @@
-"""Tests for hf_rmod.evaluation: methods, evaluate (rows, resume, reproducibility), summary, plots, accelerate, CLI.
+"""Tests of the evaluation pipeline (hf_rmod.experiments; hf_rmod.evaluation re-exports it): methods, evaluate
+(rows, resume, reproducibility), summary, plots, accelerate, CLI.
 
 Tiny random llama policy (vocab 97), a WordLevel tokenizer built offline, a fresh value head and synthetic
 rewards; everything runs offline on CPU.
@@ -6,7 +7,6 @@ rewards; everything runs offline on CPU.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -20,15 +20,11 @@ import pytest
 import torch
 
 from hf_rmod import MultiValueHead
-from hf_rmod.evaluation import (
-    EvalMethod,
-    add_cli_parsers,
-    default_methods,
-    evaluate,
-    load_results,
-    summarize_results,
-    write_plots,
-)
+from hf_rmod.experiments.evaluation import evaluate
+from hf_rmod.experiments.methods import EvalMethod, default_methods
+from hf_rmod.experiments.plots import write_plots
+from hf_rmod.experiments.results import load_results
+from hf_rmod.experiments.summary import summarize_results
 from tiny_models import VOCAB, tiny_causal_lm
 
 OBJECTIVES = ["good", "length"]
@@ -293,6 +289,112 @@ def test_resume_refuses_other_settings_or_prompts(parts, run, tmp_path):
         evaluate(model, tokenizer, head, [good, length], PROMPTS, changed, output_dir=out, plots=False, **FAST)
 
 
+def _snapshot(out):
+    return {p.name: p.read_bytes() for p in sorted(Path(out).iterdir()) if p.suffix in (".jsonl", ".json")}
+
+
+def length_v2(prompts, responses):
+    """Another reward function under the name `length`."""
+    return torch.tensor([1.0 - len(_ids(r)) / MAX_NEW for r in responses])
+
+
+def test_resume_refuses_another_head_rewards_or_policy_before_generating(parts, run, tmp_path):
+    """Issue 14 item 2: a rerun into a folder made with another value head, rewards or policy fails at once, says
+    which settings differ (old -> new) and how to start over; nothing is generated or appended."""
+    model, tokenizer, head = parts
+    result, methods, _ = run
+    out = tmp_path / "resumed"
+    shutil.copytree(result.output_dir, out)
+    more = PROMPTS + ["w20 w21"]  # a new prompt: the old code generated and appended its rows before failing
+    before = _snapshot(out)
+
+    def rerun(**changes):
+        kwargs = dict(value_head=head, reward_fns=[good, length], policy_id=None)
+        kwargs.update(changes)
+        with pytest.raises(ValueError) as info:
+            evaluate(model, tokenizer, kwargs["value_head"], kwargs["reward_fns"], more, methods, output_dir=out,
+                     plots=False, policy_id=kwargs["policy_id"], **FAST)
+        assert _snapshot(out) == before  # refused before generating anything
+        message = str(info.value)
+        assert "--output-dir" in message and "harmless" not in message
+        return message
+
+    other_weights = tiny_head(model)
+    with torch.no_grad():
+        next(other_weights.parameters()).add_(0.5)
+    message = rerun(value_head=other_weights)
+    assert "value_head.sha256: " in message and "value_head.objectives" not in message
+    message = rerun(value_head=tiny_head(model, objectives=["length", "good"]))
+    assert "value_head.objectives: ['good', 'length'] -> ['length', 'good']" in message
+    message = rerun(reward_fns={"good": good, "length": length_v2})
+    assert "rewards: " in message and "length=test_evaluation:length_v2" in message
+    message = rerun(policy_id="my-org/other-policy")
+    assert "policy: '<in-memory LlamaForCausalLM>' -> 'my-org/other-policy'" in message
+    # every difference is named at once
+    message = rerun(value_head=other_weights, policy_id="my-org/other-policy")
+    assert "value_head.sha256" in message and "policy: " in message
+
+    # the same head, loaded from disk, has the same fingerprint: resuming works
+    head.save_pretrained(tmp_path / "head")
+    again = evaluate(model, tokenizer, MultiValueHead.from_pretrained(tmp_path / "head"), [good, length], PROMPTS,
+                     methods, output_dir=out, plots=False, **FAST)
+    assert again.num_generated == 0
+
+
+def test_resume_of_an_older_run_file_records_the_new_settings(parts, run, tmp_path):
+    """A run.json written before the policy / value head / rewards were recorded is resumed (those settings cannot
+    be compared) and then records them, so later reruns are checked."""
+    model, tokenizer, head = parts
+    result, methods, _ = run
+    out = tmp_path / "old"
+    shutil.copytree(result.output_dir, out)
+    settings = json.loads((out / "run.json").read_text())
+    assert {"policy", "value_head", "rewards"} <= set(settings)
+    assert settings["rewards"] == [
+        {"name": None, "function": "test_evaluation:good", "objectives": None},
+        {"name": None, "function": "test_evaluation:length", "objectives": None},
+    ]
+    old = {k: v for k, v in settings.items() if k not in ("policy", "value_head", "rewards")}
+    (out / "run.json").write_text(json.dumps(old))
+    again = evaluate(model, tokenizer, head, [good, length], PROMPTS, methods, output_dir=out, plots=False, **FAST)
+    assert again.num_generated == 0
+    assert json.loads((out / "run.json").read_text()) == settings
+    with pytest.raises(ValueError, match="policy: "):
+        evaluate(model, tokenizer, head, [good, length], PROMPTS, methods, output_dir=out, plots=False,
+                 policy_id="other", **FAST)
+
+
+def test_evaluation_config_and_keyword_overrides(parts, tmp_path):
+    from hf_rmod.experiments.configs import EvaluationConfig
+
+    model, tokenizer, head = parts
+    config = EvaluationConfig(max_new_tokens=MAX_NEW, batch_size=2, n_resamples=20, plots=False)
+    ref = [EvalMethod.reference()]
+    res = evaluate(model, tokenizer, head, [good, length], PROMPTS[:2], ref, config, output_dir=tmp_path / "a",
+                   show_progress=False)
+    res2 = evaluate(model, tokenizer, head, [good, length], PROMPTS[:2], ref, output_dir=tmp_path / "b",
+                    show_progress=False, max_new_tokens=MAX_NEW, batch_size=2, n_resamples=20, plots=False)
+    strip = lambda rows: [_strip_time(r) for r in rows]  # noqa: E731
+    assert strip(load_results(res.results_path)) == strip(load_results(res2.results_path))
+    assert res.summary["run"]["generation_kwargs"]["top_p"] == 0.9  # DEFAULT_SAMPLING
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['max_tokens'\\]"):
+        evaluate(model, tokenizer, head, [good, length], PROMPTS, ref, output_dir=tmp_path, max_new_tokens=2,
+                 max_tokens=3)
+
+
+def test_old_import_paths_still_work():
+    import hf_rmod.evaluation as old
+    from hf_rmod.experiments import configs, evaluation, methods, plots, results, summary
+
+    assert old.evaluate is evaluation.evaluate and old.EvaluationResult is evaluation.EvaluationResult
+    assert old.EvalMethod is methods.EvalMethod and old.default_methods is methods.default_methods
+    assert old.load_results is results.load_results and old.write_plots is plots.write_plots
+    assert old.summarize_results is summary.summarize_results
+    assert old.format_summary_markdown is summary.format_summary_markdown
+    assert old.DEFAULT_GENERATION_KWARGS == dict(configs.DEFAULT_SAMPLING)
+    assert (old.DEFAULT_PROMPTS, old.DEFAULT_PROMPT_OFFSET) == ("hh_harmless_dev_prompts", 200)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # bad inputs
 # ----------------------------------------------------------------------------------------------------------------
@@ -336,7 +438,8 @@ _DDP_SCRIPT = textwrap.dedent(
     sys.path.insert(0, {tests_dir!r})
     from test_evaluation import PROMPTS, good, length, tiny_head, tiny_tokenizer
     from tiny_models import tiny_causal_lm
-    from hf_rmod.evaluation import EvalMethod, evaluate
+    from hf_rmod.experiments.evaluation import evaluate
+    from hf_rmod.experiments.methods import EvalMethod
 
     torch.set_num_threads(1)
     accelerator = Accelerator(cpu=True)
@@ -379,27 +482,29 @@ def test_two_processes_shard_prompts_and_merge(tmp_path):
     assert json.loads((out / "summary.json").read_text())["n_prompts"] == 6
 
 
-def _parser():
-    parser = argparse.ArgumentParser(prog="hf-rmod")
-    add_cli_parsers(parser.add_subparsers(dest="command"))
-    return parser
+def _parse(argv):
+    """``hf-rmod`` argv -> (PolicyArguments, EvaluationArguments, EvaluationConfig), as ``hf_rmod.cli.main`` does."""
+    from hf_rmod.cli import _to_dataclasses, build_parser
+
+    namespace = build_parser().parse_args(argv)
+    assert namespace._command == "evaluate"
+    return _to_dataclasses(namespace)
 
 
 def test_cli_parser_defaults_and_method_selection():
-    from hf_rmod.evaluation import _select_methods
+    from hf_rmod.cli import UsageError, select_methods
 
-    args = _parser().parse_args(["evaluate", "-o", "out"])
-    assert args.command == "evaluate" and callable(args.func)
+    policy, args, config = _parse(["evaluate", "-o", "out"])
     assert (args.prompts, args.prompt_offset, args.num_prompts) == ("hh_harmless_dev_prompts", None, 100)
-    assert (args.k, args.b, args.lam, args.methods, args.max_new_tokens) == ([8], [16], [0.5], "all", 96)
-    assert args.device is None  # auto: cuda when available; under accelerate one device per process
-    args = _parser().parse_args(["evaluate", "-o", "o", "--k", "4", "8", "--lam", "0.5", "2", "--methods",
-                                 "reference,rmod_k8_b16_lam2"])
+    assert (args.k, args.b, args.lam, args.methods, config.max_new_tokens) == ([8], [16], [0.5], "all", 96)
+    assert policy.device is None  # auto: cuda when available; under accelerate one device per process
+    _, args, _ = _parse(["evaluate", "-o", "o", "--k", "4", "8", "--lam", "0.5", "2", "--methods",
+                         "reference,rmod_k8_b16_lam2"])
     available = default_methods(OBJECTIVES, args.k, args.b, args.lam)
-    assert [m.name for m in _select_methods(args.methods, available)] == ["reference", "rmod_k8_b16_lam2"]
-    assert len(_select_methods("all", available)) == len(available)
-    with pytest.raises(SystemExit, match="unknown method names \\['rmod_k9'\\]"):
-        _select_methods("reference,rmod_k9", available)
+    assert [m.name for m in select_methods(args.methods, available)] == ["reference", "rmod_k8_b16_lam2"]
+    assert len(select_methods("all", available)) == len(available)
+    with pytest.raises(UsageError, match="unknown method names \\['rmod_k9'\\]"):
+        select_methods("reference,rmod_k9", available)
 
 
 def test_cli_end_to_end(parts, tmp_path, monkeypatch):
@@ -409,14 +514,17 @@ def test_cli_end_to_end(parts, tmp_path, monkeypatch):
     head.save_pretrained(tmp_path / "head")
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    args = _parser().parse_args([
+    from hf_rmod.cli import main
+
+    code = main([
         "evaluate", "--policy", str(tmp_path / "policy"), "--value-head", str(tmp_path / "head"),
         "--prompts", str(tmp_path / "prompts.jsonl"), "--prompt-offset", "1", "--num-prompts", "2",
         "--reward", "good=test_evaluation:good", "--reward", "length=test_evaluation:length",
         "--methods", "reference,rmod_k2_b4_lam0.5", "--k", "2", "--b", "4", "--max-new-tokens", "4",
-        "--no-plots", "--no-progress", "--n-resamples", "20", "--threads", "1", "-o", str(tmp_path / "out"),
+        "--no-plots", "--no-progress", "--n-resamples", "20", "--threads", "1",
+        "-o", str(tmp_path / "out"),
     ])
-    assert args.func(args) == 0  # --threads 1: the module fixture's setting, restored after the module
+    assert code == 0  # --threads 1: the module fixture's setting, restored after the module
     rows = load_results(tmp_path / "out")
     assert sorted((r["prompt_id"], r["method"]) for r in rows) == [
         (0, "reference"), (0, "rmod_k2_b4_lam0.5"), (1, "reference"), (1, "rmod_k2_b4_lam0.5")]

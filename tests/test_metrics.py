@@ -119,3 +119,28 @@ def test_summarize_fields_and_intervals():
         assert s.mean_rewards_ci[g][0] < s.mean_rewards[g] < s.mean_rewards_ci[g][1]
     assert "worst-case win rate: 1.0000" in str(s)
     assert s.to_dict()["n_prompts"] == 80
+
+
+def test_bootstrap_vectorized_matches_the_loop_and_the_documented_draws():
+    """One (n_resamples, n) index matrix from default_rng(seed) — the same draws as n_resamples successive
+    rng.integers(0, n, size=n) calls — whether the statistic is called per resample or on the whole batch."""
+    rng = np.random.default_rng(5)
+    m, r = rng.normal(size=(37, 3)), rng.normal(size=(37, 3))
+    draws = np.random.default_rng(7)
+    by_hand = [(m[idx].min(1) > r[idx].min(1)).mean() for idx in (draws.integers(0, 37, size=37) for _ in range(300))]
+    expected = tuple(float(q) for q in np.quantile(by_hand, [0.025, 0.975]))
+    loop = bootstrap_ci(lambda a, b: (a.min(1) > b.min(1)).mean(), m, r, n_resamples=300, seed=7)
+    vectorized = bootstrap_ci(lambda a, b: (a.min(-1) > b.min(-1)).mean(-1), m, r, n_resamples=300, seed=7,
+                              vectorized=True)
+    assert loop == vectorized == expected
+    with pytest.raises(ValueError, match="one value per resample"):
+        bootstrap_ci(np.mean, m, n_resamples=10, vectorized=True)
+
+
+def test_bootstrap_vectorized_in_chunks_is_the_same(monkeypatch):
+    import hf_rmod.metrics as metrics
+
+    x = np.random.default_rng(6).normal(size=(50, 2))
+    whole = bootstrap_ci(lambda a: a.min(-1).mean(-1), x, n_resamples=200, vectorized=True)
+    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 300)  # 3 resamples per chunk
+    assert bootstrap_ci(lambda a: a.min(-1).mean(-1), x, n_resamples=200, vectorized=True) == whole
