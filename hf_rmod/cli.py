@@ -1,134 +1,506 @@
 """The ``hf-rmod`` command line: ``demo``, ``sample``, ``train-value``, ``evaluate``.
 
 ``python -m hf_rmod <command>`` is the same program.
+
+Every subcommand is built from the settings dataclasses of :mod:`hf_rmod.experiments.configs` with
+:class:`transformers.HfArgumentParser` (as TRL does), so each default is written once and ``--help`` shows it;
+the parsed dataclasses are what the Python functions take (``sample_responses(..., config=SamplingConfig)``).
+
+Startup: this module imports only the standard library and the torch-free configs at module level; torch,
+transformers and the pipelines load inside the command that needs them, so ``--help`` answers in well under a
+second. ``HfArgumentParser`` is loaded from its own file (``transformers/hf_argparser.py`` imports only the
+standard library and ``yaml``) instead of through the ``transformers`` package ``__init__`` (~0.9 s); if that
+file cannot be loaded on its own, the normal ``from transformers import HfArgumentParser`` is used.
+
+Errors: a mistake of the user (see :data:`USER_ERRORS` and ``docs/troubleshooting.md``) is one line on stderr,
+``hf-rmod <command>: error: ...``, exit code 2; ``--debug`` (or ``HF_RMOD_DEBUG=1``) shows the traceback
+instead. Ctrl-C prints where the run stopped and whether rerunning resumes it, exit code 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import os
+import re
 import sys
-import time
-from typing import Sequence
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
 
-DEMO_PROMPTS = (
-    "My coworker embarrassed me in a meeting. How can I get back at him?",
-    "What is a good way to learn to cook on a tight budget?",
-    "My neighbor's dog barks all night. What should I do about it?",
+from .experiments.configs import (
+    DEFAULT_EVALUATION_PROMPT_OFFSET,
+    DEFAULT_EVALUATION_PROMPTS,
+    DemoConfig,
+    EvaluationArguments,
+    EvaluationConfig,
+    PolicyArguments,
+    SampleArguments,
+    SamplingConfig,
+    TrainValueArguments,
+    ValueTrainingConfig,
 )
 
+__all__ = ["USER_ERRORS", "build_parser", "main"]
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="hf-rmod",
+PROG = "hf-rmod"
+
+#: Exceptions reported as one line (exit 2) instead of a traceback: bad values (``ValueError``, including
+#: ``json.JSONDecodeError``; ``TypeError`` from argument validation), missing or unreadable files and model
+#: folders (``OSError``: ``FileNotFoundError``, ``PermissionError``, the Hub's "not a valid model identifier"),
+#: a missing optional dependency (``ImportError``, whose message has the install command) and
+#: ``argparse.ArgumentTypeError``. Anything else is a bug: full traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, TypeError, OSError, ImportError, argparse.ArgumentTypeError,
+)
+
+_DEBUG_ENV = "HF_RMOD_DEBUG"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Parser construction
+# ------------------------------------------------------------------------------------------------------------
+def _hf_argument_parser() -> type:
+    """``transformers.HfArgumentParser``, loaded without the ``transformers`` package ``__init__`` when possible."""
+    if "transformers" in sys.modules:  # already paid for: the normal import is free
+        from transformers import HfArgumentParser
+
+        return HfArgumentParser
+    name = "_hf_rmod_hf_argparser"
+    module = sys.modules.get(name)
+    if module is None:
+        try:
+            import importlib.util
+            from pathlib import Path
+
+            package = importlib.util.find_spec("transformers")  # locates the package without importing it
+            location = Path(next(iter(package.submodule_search_locations))) / "hf_argparser.py"
+            spec = importlib.util.spec_from_file_location(name, location)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            module.HfArgumentParser  # noqa: B018 - AttributeError -> fall back
+        except Exception:  # any layout change of transformers: the documented import
+            sys.modules.pop(name, None)
+            from transformers import HfArgumentParser
+
+            return HfArgumentParser
+    return module.HfArgumentParser
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
+
+
+class _OneLineErrors:
+    """argparse errors as ONE line (``prog: error: message (see `prog --help`)``), exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see `{self.prog} --help`)\n")
+
+
+class _TopParser(_OneLineErrors, argparse.ArgumentParser):
+    pass
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown for every flag that has one; the ``--snake_case`` spellings (accepted) hidden."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.required:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        shown = [s for s in action.option_strings if "_" not in s or s.replace("_", "-") not in action.option_strings]
+        if not shown or shown == action.option_strings:
+            return super()._format_action_invocation(action)
+        original, action.option_strings = action.option_strings, shown
+        try:
+            return super()._format_action_invocation(action)
+        finally:
+            action.option_strings = original
+
+
+@dataclass(frozen=True)
+class _Command:
+    name: str
+    dataclasses: tuple[type, ...]
+    help: str
+    description: str
+    run: str  # name of the function in this module (looked up at call time)
+    on_interrupt: str = "nothing to resume."  # formatted with the parsed fields
+
+
+COMMANDS: dict[str, _Command] = {
+    c.name: c
+    for c in (
+        _Command(
+            "demo", (PolicyArguments, DemoConfig),
+            help="Offline demo: reference sampling vs UNIFORM vs RMOD on the embedded SmolLM2 model.",
+            description="Loads the embedded SmolLM2-135M-Instruct policy, the shipped value head and the offline "
+            "reward models, then decodes a few built-in prompts with reference sampling, UNIFORM and RMOD.",
+            run="_run_demo",
+        ),
+        _Command(
+            "sample", (PolicyArguments, SampleArguments, SamplingConfig),
+            help="Sample N responses per prompt from the reference policy and score them (JSONL, resumable).",
+            description="Sample N responses per prompt with model.generate and score them with reward functions; "
+            "records are appended to --output (rerunning skips the prompts already there).",
+            run="_run_sample", on_interrupt="the responses of the finished batches are in {output}; rerun the same "
+            "command to resume (prompts already in the file are skipped).",
+        ),
+        _Command(
+            "train-value", (PolicyArguments, TrainValueArguments, ValueTrainingConfig),
+            help="Train a multi-objective value head with CD-FUDGE on sampled records.",
+            description="Train a MultiValueHead (CD-FUDGE, eq. 8) on the records of `hf-rmod sample` and save the "
+            "best checkpoint as a save_pretrained folder (OUTPUT_DIR/best). --kind shared (default) needs --policy: "
+            "the policy that sampled the records.",
+            run="_run_train_value", on_interrupt="nothing was saved ({output_dir}/best is written when training "
+            "ends) and training does not resume: rerun the command to start over.",
+        ),
+        _Command(
+            "evaluate", (PolicyArguments, EvaluationArguments, EvaluationConfig),
+            help="Compare reference sampling, Best-of-K, CD-<objective>, UNIFORM and RMOD (rewards, worst-case "
+            "win rate).",
+            description="Generate with each method, score with the reward functions, write results.jsonl "
+            "(resumable), summary.json/.md and plots. Rewards are z-normalised with the value head's "
+            "reward_mean/reward_std. Run it under `accelerate launch` to shard the prompts across processes.",
+            run="_run_evaluate", on_interrupt="the finished batches are in {output_dir}/results.jsonl; rerun the "
+            "same command to resume (finished prompts are skipped).",
+        ),
+    )
+}
+
+
+def _tidy_actions(parser: argparse.ArgumentParser) -> None:
+    """Dashed spellings first (usage line, errors), ``BOOL`` metavars, ``--no-x`` helps without a default."""
+    for action in parser._actions:
+        action.option_strings.sort(key=lambda s: "_" in s)  # stable: --num-responses, -n, --num_responses
+        if getattr(action.type, "__name__", "") == "string_to_bool":
+            action.metavar = "BOOL"
+        if isinstance(action, argparse._StoreFalseAction):
+            positive = "--" + action.dest.replace("_", "-")
+            action.help = f"Turn off {positive}."
+            action.default = argparse.SUPPRESS  # the positive flag sets the default
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hf-rmod`` parser: one ``HfArgumentParser`` per subcommand (``COMMANDS``)."""
+    from . import __version__
+
+    hf_parser = _hf_argument_parser()
+    sub_class = type("HfRmodArgumentParser", (_OneLineErrors, hf_parser), {})
+    parser = _TopParser(
+        prog=PROG,
         description="Robust Multi-Objective Decoding (RMOD) for Hugging Face causal language models.",
+        epilog=f"Run `{PROG} COMMAND --help` for the flags of a command. --debug (or {_DEBUG_ENV}=1) shows "
+        "tracebacks instead of one-line errors.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--debug", action="store_true", help="Show the full traceback of errors.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=sub_class)
     sub.required = True
-
-    demo = sub.add_parser(
-        "demo",
-        help="Offline demo: reference sampling vs UNIFORM vs RMOD on the embedded SmolLM2 model.",
-        description="Loads the embedded SmolLM2-135M-Instruct policy, the shipped value head and the offline "
-        "reward models, then decodes a few built-in prompts with reference sampling, UNIFORM and RMOD.",
-    )
-    demo.add_argument("--prompt", action="append", default=None,
-                      help="A prompt to use instead of the built-in ones (repeatable).")
-    demo.add_argument("--policy", default=None, help="Hub id or local path of another policy (default: embedded).")
-    demo.add_argument("--value-head", default=None, help="Path of a value head (default: the shipped one).")
-    demo.add_argument("--num-candidates", "-k", type=int, default=8, help="K candidates per block (default 8).")
-    demo.add_argument("--block-size", "-b", type=int, default=16, help="B tokens per block (default 16).")
-    demo.add_argument("--lam", type=float, default=0.5, help="λ of RMOD (default 0.5).")
-    demo.add_argument("--max-new-tokens", type=int, default=64)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice).")
-    demo.set_defaults(func=_run_demo)
-
-    from .training import add_cli_parsers as add_training
-
-    add_training(sub)
-    try:
-        from .evaluation import add_cli_parsers as add_evaluation
-    except ImportError as err:  # pragma: no cover - only while the module is absent
-        print(f"(evaluate unavailable: {err})", file=sys.stderr)
-    else:
-        add_evaluation(sub)
+    for command in COMMANDS.values():
+        p = sub.add_parser(command.name, dataclass_types=command.dataclasses, help=command.help,
+                           description=command.description, formatter_class=_HelpFormatter)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help=f"Show the full traceback of errors (also: {_DEBUG_ENV}=1).")
+        _tidy_actions(p)
+        p.set_defaults(_command=command.name, _parser=p)
     return parser
 
 
-def _run_demo(args: argparse.Namespace) -> int:
+# ------------------------------------------------------------------------------------------------------------
+# Parsed namespace -> dataclasses, with config errors naming the flags
+# ------------------------------------------------------------------------------------------------------------
+def _flag_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """dest -> the flag users type (``num_candidates`` -> ``--num-candidates``)."""
+    flags = {}
+    for action in parser._actions:
+        longs = [s for s in action.option_strings if s.startswith("--") and "_" not in s and not s.startswith("--no-")]
+        if longs:
+            flags.setdefault(action.dest, longs[0])
+    return flags
+
+
+def name_flags(message: str, flags: dict[str, str]) -> str:
+    """```field``` in a config error -> the flag (```k``` values must be >= 1 -> ``--k values must be >= 1``)."""
+    return re.sub(r"`([A-Za-z_][A-Za-z0-9_]*)`", lambda m: flags.get(m.group(1), m.group(0)), message)
+
+
+def _to_dataclasses(namespace: argparse.Namespace) -> tuple[Any, ...]:
+    """The command's dataclasses from the parsed flags (what ``parse_args_into_dataclasses`` does, minus the
+    ``.args`` file lookup next to the script); a validation error becomes a usage error naming the flag."""
+    parser = namespace._parser
+    values = vars(namespace)
+    outputs = []
+    for cls in COMMANDS[namespace._command].dataclasses:
+        kwargs = {f.name: values[f.name] for f in dataclasses.fields(cls) if f.init and f.name in values}
+        try:
+            outputs.append(cls(**kwargs))
+        except (ValueError, TypeError) as err:
+            parser.error(name_flags(str(err), _flag_names(parser)))
+    return tuple(outputs)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Runners (torch and the pipelines are imported here, not at module level)
+# ------------------------------------------------------------------------------------------------------------
+class UsageError(ValueError):
+    """A flag combination the command cannot run with (reported like an argparse error)."""
+
+
+def _setup_torch(policy: PolicyArguments) -> Any:
+    """``--threads`` applied; returns the device of the run: ``--device``, else cuda when available, else cpu."""
     import torch
 
-    from . import RMODConfig, enable
-    from .defaults import DEFAULT_SAMPLING, build_chat_prompts, load_default_policy, load_default_value_head
+    from .experiments.io import default_device
+
+    if policy.threads is not None:
+        torch.set_num_threads(policy.threads)
+    return default_device(policy.device)
+
+
+def _load_policy(policy: PolicyArguments, device: Any) -> tuple[Any, Any]:
+    from .defaults import load_default_policy
+
+    kwargs: dict[str, Any] = {"device": device, "gguf_file": policy.gguf_file,
+                              "trust_remote_code": policy.trust_remote_code}
+    if policy.dtype is not None:
+        kwargs["torch_dtype"] = policy.dtype
+    return load_default_policy(policy.policy, **kwargs)
+
+
+def _load_value_head(path: str | None, device: Any) -> Any:
+    from .defaults import load_default_value_head
     from .modeling_value_head import MultiValueHead
-    from .rewards import default_reward_functions, score_rewards
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    prompts = list(args.prompt or DEMO_PROMPTS)
-    t0 = time.perf_counter()
+    head = load_default_value_head() if path is None else MultiValueHead.from_pretrained(path)
+    return head.to(device)
+
+
+def _run_demo(policy: PolicyArguments, config: DemoConfig) -> int:
+    import time
+
+    start = time.perf_counter()
     print("Loading the policy, value head and reward models (offline) ...", flush=True)
-    model, tokenizer = load_default_policy(args.policy)
-    head = MultiValueHead.from_pretrained(args.value_head) if args.value_head else load_default_value_head()
-    rewards = default_reward_functions()
+    device = _setup_torch(policy)
+    model, tokenizer = _load_policy(policy, device)
+    head = _load_value_head(config.value_head, device)
+    from .experiments.demo import run_demo
+    from .generation import enable
+    from .rewards import default_reward_functions
+
+    rewards = default_reward_functions(device)
     enable(model)
-    print(f"  loaded in {time.perf_counter() - t0:.1f}s: policy={model.name_or_path or 'SmolLM2-135M-Instruct'}, "
-          f"objectives={head.objectives}", flush=True)
-
-    enc = build_chat_prompts(tokenizer, prompts)
-    prompt_len = enc["input_ids"].shape[1]
-    common = dict(max_new_tokens=args.max_new_tokens, **DEFAULT_SAMPLING)
-    rmod_kwargs = dict(value_model=head, num_candidates=args.num_candidates, block_size=args.block_size, lam=args.lam)
-    methods = {
-        "reference": None,
-        "uniform": RMODConfig(weights="uniform", **rmod_kwargs),
-        f"rmod (λ={args.lam})": RMODConfig(**rmod_kwargs),
-    }
-    mean = torch.tensor(head.config.reward_mean)
-    std = torch.tensor(head.config.reward_std)
-    results = {}
-    for name, cfg in methods.items():
-        torch.manual_seed(args.seed)
-        t = time.perf_counter()
-        print(f"\nDecoding with {name} ...", flush=True)
-        if cfg is None:
-            out = model.generate(**enc, **common)
-            sequences, trace = out, None
-        else:
-            out = model.generate(**enc, rmod_config=cfg, return_dict_in_generate=True, **common)
-            sequences, trace = out.sequences, out
-        responses = tokenizer.batch_decode(sequences[:, prompt_len:], skip_special_tokens=True)
-        raw, names = score_rewards(rewards, prompts, responses, objectives=head.objectives)
-        z = (raw - mean) / std  # (n, G) in units of the reference policy's reward spread
-        results[name] = (responses, raw, z, trace, time.perf_counter() - t)
-
-    for i, prompt in enumerate(prompts):
-        print("\n" + "=" * 100 + f"\nPROMPT {i + 1}: {prompt}")
-        for name, (responses, raw, z, trace, _) in results.items():
-            scores = ", ".join(f"{g}={raw[i, j]:+.3f} (z={z[i, j]:+.2f})" for j, g in enumerate(head.objectives))
-            print(f"\n[{name}] {scores}, worst-case z={z[i].min():+.2f}\n  {responses[i].strip()!r}")
-            if trace is not None and name.startswith("rmod"):
-                blocks = int(trace.block_mask[i].sum())
-                rows = [" ".join(f"{w:.2f}" for w in trace.weights[i, n].tolist()) for n in range(blocks)]
-                print(f"  weight trace per block ({'/'.join(trace.objectives)}): " + " | ".join(rows))
-
-    print("\n" + "=" * 100 + "\nSummary over the prompts (z = reward standardised with the value head's "
-          "training statistics of the reference policy):")
-    header = f"{'method':<18}" + "".join(f"{g + ' z':>14}" for g in head.objectives) + f"{'worst-case z':>15}{'seconds':>10}"
-    print(header)
-    for name, (_, _, z, _, secs) in results.items():
-        cols = "".join(f"{v:>14.3f}" for v in z.mean(0).tolist())
-        print(f"{name:<18}{cols}{z.min(-1).values.mean().item():>15.3f}{secs:>10.1f}")
-    print(f"\nTotal time {time.perf_counter() - t0:.1f}s. RMOD maximises the worst objective per block; "
-          "with only a few prompts the numbers are noisy — see `hf-rmod evaluate` for the full comparison.")
+    print(f"  loaded in {time.perf_counter() - start:.1f}s on {device}: policy="
+          f"{model.name_or_path or 'SmolLM2-135M-Instruct'}, objectives={head.objectives}", flush=True)
+    run_demo(model, tokenizer, head, rewards, config)
     return 0
 
 
+def _run_sample(policy: PolicyArguments, args: SampleArguments, config: SamplingConfig) -> int:
+    from .experiments.io import read_prompts
+    from .rewards import load_reward_functions
+
+    prompts = read_prompts(args.prompts, args.prompt_field, args.limit)
+    rewards = load_reward_functions(args.reward)
+    device = _setup_torch(policy)
+    model, tokenizer = _load_policy(policy, device)
+    from .experiments.sampling import sample_responses
+
+    rows = sample_responses(model, tokenizer, prompts, rewards, config=config, output_path=args.output)
+    print(f"wrote {len(rows)} responses to {args.output}")
+    return 0
+
+
+def _check_train_value(policy: PolicyArguments, args: TrainValueArguments) -> None:
+    if args.kind == "shared" and not policy.policy:
+        raise UsageError("--kind shared (the default) needs --policy: the policy that sampled the records (its "
+                         "hidden states are the head's features); or use --kind backbone --backbone MODEL.")
+    if args.kind == "backbone" and not args.backbone:
+        raise UsageError("--kind backbone needs --backbone (a model folder or Hub id sharing the policy's "
+                         "tokenizer).")
+
+
+def _records_and_objectives(args: TrainValueArguments) -> tuple[list[dict], list[str]]:
+    """``--objectives``: names (every record must have them), ``common`` (those every record has) or none (the
+    first record's; every record must have the same objectives)."""
+    from .experiments.records import common_objectives, load_records
+
+    spec = (args.objectives or "").strip()
+    if spec == "common":
+        records = load_records(args.records, allow_missing=True)
+        return records, common_objectives(records)
+    wanted = [g.strip() for g in spec.split(",") if g.strip()] or None
+    records = load_records(args.records, wanted)
+    return records, wanted or list(records[0]["rewards"])
+
+
+def _run_train_value(policy: PolicyArguments, args: TrainValueArguments, config: ValueTrainingConfig) -> int:
+    import json
+
+    _check_train_value(policy, args)
+    records, objectives = _records_and_objectives(args)
+    device = _setup_torch(policy)
+    from .experiments.value_training import train_value_head
+    from .modeling_value_head import MultiValueHead
+
+    model = None
+    if policy.policy:
+        model, _ = _load_policy(policy, device)
+    if args.kind == "shared":
+        head = MultiValueHead.for_policy(model, objectives, head_type=args.head_type, policy_name_or_path=policy.policy)
+    else:
+        head = MultiValueHead.from_backbone(
+            args.backbone, objectives, head_type=args.head_type, policy_name_or_path=policy.policy,
+            **({"trust_remote_code": True} if policy.trust_remote_code else {}),
+        )
+        if model is not None:
+            head.check_compatible(model)
+            head.config.policy_vocab_size = model.get_output_embeddings().out_features
+            model = None  # a backbone head does not need the policy during training
+    result = train_value_head(head, records, model, config, objectives=objectives, output_dir=args.output_dir,
+                              allow_missing=(args.objectives or "").strip() == "common")
+    print(json.dumps({"val_mse": result.val_mse, "baseline_mse": result.baseline_mse,
+                      "best_checkpoint": result.best_checkpoint}, indent=2))
+    return 0
+
+
+def _evaluation_prompts(args: EvaluationArguments) -> list[str]:
+    """``--prompts`` from ``--prompt-offset`` on, ``--num-prompts`` of them (0: all)."""
+    from pathlib import Path
+
+    from .experiments.io import read_prompts
+
+    prompts = read_prompts(args.prompts, args.prompt_field)
+    offset = args.prompt_offset
+    if offset is None:
+        shipped = not Path(args.prompts).is_file() and args.prompts.removesuffix(".jsonl") == DEFAULT_EVALUATION_PROMPTS
+        offset = DEFAULT_EVALUATION_PROMPT_OFFSET if shipped else 0
+    if offset >= len(prompts):
+        raise UsageError(f"--prompt-offset {offset} skips all {len(prompts)} prompts of {args.prompts}; "
+                         f"give a value below {len(prompts)}.")
+    end = len(prompts) if args.num_prompts == 0 else offset + args.num_prompts
+    return prompts[offset:end]
+
+
+def select_methods(spec: str, available: Sequence[Any]) -> list[Any]:
+    """``--methods``: ``all`` or comma-separated names of ``available`` (in the order given)."""
+    if spec.strip() == "all":
+        return list(available)
+    by_name = {m.name: m for m in available}
+    wanted = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [w for w in wanted if w not in by_name]
+    if unknown or not wanted:
+        raise UsageError(f"--methods: unknown method names {unknown or spec!r}; available with this --k/--b/--lam "
+                         f"grid: {list(by_name)} (or 'all').")
+    return [by_name[w] for w in wanted]
+
+
+def _run_evaluate(policy: PolicyArguments, args: EvaluationArguments, config: EvaluationConfig) -> int:
+    prompts = _evaluation_prompts(args)
+    rewards = None
+    if args.reward:
+        from .rewards import load_reward_functions
+
+        rewards = load_reward_functions(args.reward)
+    accelerator = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by `accelerate launch` / torchrun
+        from accelerate import Accelerator
+
+        accelerator = Accelerator(cpu=policy.device == "cpu")  # else accelerate picks (one GPU per process)
+    device = _setup_torch(policy)
+    if accelerator is not None:
+        device = accelerator.device
+    head = _load_value_head(args.value_head, device)
+    from .experiments.methods import default_methods
+
+    methods = select_methods(args.methods, default_methods(head.objectives, args.k, args.b, args.lam))
+    if rewards is None:
+        from .rewards import default_reward_functions
+
+        rewards = default_reward_functions(device)
+    model, tokenizer = _load_policy(policy, device)
+    from .experiments.evaluation import evaluate
+
+    result = evaluate(model, tokenizer, head, rewards, prompts, methods, config, output_dir=args.output_dir,
+                      accelerator=accelerator, show_progress=args.progress, policy_id=policy.policy)
+    if accelerator is None or accelerator.is_main_process:
+        print(result.summary_md_path.read_text(encoding="utf-8"))
+        print(f"results: {result.results_path}\nsummary: {result.summary_path}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Entry point
+# ------------------------------------------------------------------------------------------------------------
+def _message(err: BaseException) -> str:
+    text = _one_line(str(err)) or type(err).__name__
+    if isinstance(err, (ImportError, OSError)) and not isinstance(err, FileNotFoundError):
+        return f"{type(err).__name__}: {text}"
+    return text
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(prog: str, debug: bool) -> Iterator[None]:
+    """Our ``UserWarning`` s (e.g. a head worse than the constant predictor) as ``prog: warning: ...`` lines."""
+    if debug:
+        yield
+        return
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category is not UserWarning:  # DeprecationWarning & co. from libraries: unchanged
+            return previous(message, category, filename, lineno, file, line)
+        print(f"{prog}: warning: {_one_line(str(message))}", file=sys.stderr if file is None else file)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``hf-rmod`` console script."""
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    """Entry point of the ``hf-rmod`` console script; returns the exit code.
+
+    ``--help`` / ``--version`` / usage errors raise ``SystemExit`` (0 / 0 / 2) as argparse does.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    namespace = parser.parse_args(argv)
+    debug = bool(namespace.debug) or os.environ.get(_DEBUG_ENV, "") not in ("", "0")
+    command = COMMANDS[namespace._command]
+    sub_parser = namespace._parser
+    configs = _to_dataclasses(namespace)
+    try:
+        with _warnings_as_lines(sub_parser.prog, debug):
+            return int(globals()[command.run](*configs) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        where = command.on_interrupt.format(**{k: v for c in configs for k, v in vars(c).items()})
+        print(f"\n{sub_parser.prog}: interrupted (Ctrl-C); {where}", file=sys.stderr)
+        return 130
+    except UsageError as err:
+        if debug:
+            raise
+        sub_parser.error(str(err))
+    except USER_ERRORS as err:
+        if debug:
+            raise
+        print(f"{sub_parser.prog}: error: {_message(err)}", file=sys.stderr)
+        return 2
+    except RuntimeError as err:  # torch.OutOfMemoryError is a RuntimeError: the one RuntimeError users cause
+        if type(err).__name__ != "OutOfMemoryError" or debug:
+            raise
+        print(f"{sub_parser.prog}: error: out of device memory ({_one_line(str(err))[:200]}); lower --batch-size "
+              "(or --num-responses / --k), or run with --device cpu.", file=sys.stderr)
+        return 2
+    return 2  # pragma: no cover - sub_parser.error exits
 
 
 if __name__ == "__main__":  # pragma: no cover
