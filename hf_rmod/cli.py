@@ -263,6 +263,16 @@ def _setup_torch(policy: PolicyArguments) -> Any:
     return default_device(policy.device)
 
 
+def _check_local_paths(**paths: str | None) -> None:
+    """Before anything loads: a flag whose value looks like a local folder that does not exist fails at once
+    (one line naming the flag, no Hub retries). ``paths``: flag name without dashes -> value."""
+    from ._hub import check_local_path
+
+    for name, value in paths.items():
+        if value is not None:
+            check_local_path(value, "--" + name.replace("_", "-"))
+
+
 def _load_policy(policy: PolicyArguments, device: Any) -> tuple[Any, Any]:
     from .defaults import load_default_policy
 
@@ -282,6 +292,7 @@ def _load_value_head(path: str | None, device: Any) -> Any:
 
 
 def _run_demo(policy: PolicyArguments, config: DemoConfig) -> int:
+    _check_local_paths(policy=policy.policy, value_head=config.value_head)
     import time
 
     start = time.perf_counter()
@@ -302,6 +313,7 @@ def _run_demo(policy: PolicyArguments, config: DemoConfig) -> int:
 
 
 def _run_sample(policy: PolicyArguments, args: SampleArguments, config: SamplingConfig) -> int:
+    _check_local_paths(policy=policy.policy)
     from .experiments.io import read_prompts
     from .rewards import load_reward_functions
 
@@ -343,6 +355,7 @@ def _run_train_value(policy: PolicyArguments, args: TrainValueArguments, config:
     import json
 
     _check_train_value(policy, args)
+    _check_local_paths(policy=policy.policy, backbone=args.backbone)
     records, objectives = _records_and_objectives(args)
     device = _setup_torch(policy)
     from .experiments.value_training import train_value_head
@@ -401,6 +414,7 @@ def select_methods(spec: str, available: Sequence[Any]) -> list[Any]:
 
 
 def _run_evaluate(policy: PolicyArguments, args: EvaluationArguments, config: EvaluationConfig) -> int:
+    _check_local_paths(policy=policy.policy, value_head=args.value_head)
     prompts = _evaluation_prompts(args)
     rewards = None
     if args.reward:

@@ -104,6 +104,26 @@ def test_train_value_backbone_without_backbone_is_a_usage_error(no_loading, tmp_
     assert "--backbone" in assert_one_line_error(code, err, "train-value")
 
 
+@pytest.mark.parametrize("flag", ["--policy", "--value-head"])
+def test_missing_local_policy_or_head_names_the_flag(flag, tmp_path, capsys, monkeypatch):
+    """issue 14 item 5: a local-looking path that does not exist fails at once, naming the flag, never the Hub."""
+    import huggingface_hub
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_hub)
+    monkeypatch.delenv("HF_RMOD_DEBUG", raising=False)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('"hi"\n', encoding="utf-8")
+    argv = ["evaluate", "--prompts", str(prompts), "-o", str(tmp_path / "run"), flag, str(tmp_path / "nope")]
+    monkeypatch.setattr(cli, "_setup_torch", lambda *a: (_ for _ in ()).throw(AssertionError("loaded something")))
+    code, _, err = run_main(argv, capsys)
+    line = assert_one_line_error(code, err, "evaluate")
+    assert "no such folder" in line and f"`{flag}`" in line
+
+
 # ------------------------------------------------------------------------------------------------------------
 # One-line user errors, --debug, HF_RMOD_DEBUG (issue 14, item 6)
 # ------------------------------------------------------------------------------------------------------------

@@ -219,6 +219,8 @@ def test_one_name_for_several_columns_raises():
         score_rewards({"r": _two_columns}, PROMPTS, RESPONSES)
     rewards, names = score_rewards({"r": _NamedTwo()}, PROMPTS, RESPONSES)  # its own names: allowed
     assert names == ["x", "y"] and rewards.shape == (2, 2)
+    rewards, names = score_rewards({"r": _two_columns}, PROMPTS, RESPONSES, objectives=["a", "b"])  # the fix it names
+    assert names == ["a", "b"] and rewards.shape == (2, 2)
 
 
 @pytest.fixture

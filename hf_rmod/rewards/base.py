@@ -101,7 +101,7 @@ def score_rewards(
     names: list[str] = []
     for fn, key in zip(fns, keys):
         out = _call_reward(fn, prompts, responses)  # (n, k)
-        names.extend(_column_names(fn, key, out.shape[1]))
+        names.extend(_column_names(fn, key, out.shape[1], named_later=objectives is not None))
         columns.append(out)
     rewards = torch.cat(columns, dim=-1)  # (n, G)
     if objectives is not None:
@@ -156,8 +156,9 @@ def _call_reward(fn: Any, prompts: list[str], responses: list[str]) -> torch.Ten
     return out
 
 
-def _column_names(fn: Any, key: str | None, k: int) -> list[str]:
-    """Names of the k columns `fn` returned (`key`: its name in a ``{name: fn}`` mapping, else None)."""
+def _column_names(fn: Any, key: str | None, k: int, named_later: bool = False) -> list[str]:
+    """Names of the k columns `fn` returned (`key`: its name in a ``{name: fn}`` mapping, else None;
+    `named_later`: the caller passed ``objectives=``, which names every column)."""
     fn_name = _reward_fn_name(fn)
     fn_objectives = getattr(fn, "objectives", None)
     if key is not None and k == 1:
@@ -170,13 +171,15 @@ def _column_names(fn: Any, key: str | None, k: int) -> list[str]:
                 f"returned {k} columns; fix its `objectives` attribute."
             )
         return fn_objectives
-    if key is not None:
+    if key is not None and not named_later:
         example = ",".join(f"{key}_{j}" for j in range(min(k, 3))) + (",..." if k > 3 else "")
         raise ValueError(
-            f"Reward {key!r} (`{fn_name}`) returned {k} columns under the single name {key!r}; give {k} names, "
-            f"e.g. --reward {example}=MODULE:CALLABLE (or {{'{key}_0': ...}} entries, or an `objectives` "
-            f"attribute of length {k} on the callable)."
+            f"Reward {key!r} (`{fn_name}`) returned {k} columns under the single name {key!r}; give {k} names: "
+            f"pass `objectives=[...]` with {k} names, or set an `objectives` attribute of length {k} on the "
+            f"callable (command line: --reward {example}=MODULE:CALLABLE)."
         )
+    if key is not None:
+        return [f"{key}_{j}" for j in range(k)]  # placeholders: `objectives=` renames every column
     if k == 1:
         return [fn_name]
     return [f"{fn_name}_{j}" for j in range(k)]
