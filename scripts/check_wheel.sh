@@ -15,10 +15,12 @@ mkdir -p "$WORK/dist"
 WHEEL=$(ls "$WORK"/dist/hf_rmod-*.whl)
 SDIST=$(ls "$WORK"/dist/hf_rmod-*.tar.gz)
 # Both archives must carry the shipped value head and reward model (safetensors + config + card).
+WHEEL_FILES=$(unzip -Z1 "$WHEEL")
+SDIST_FILES=$(tar -tzf "$SDIST")
 for asset in value-head-smollm2 harmless-minilm-bt; do
     for f in config.json model.safetensors README.md; do
-        unzip -l "$WHEEL" | grep -q "hf_rmod/assets/$asset/$f" || { echo "wheel lacks assets/$asset/$f"; exit 1; }
-        tar -tzf "$SDIST" | grep -q "hf_rmod/assets/$asset/$f" || { echo "sdist lacks assets/$asset/$f"; exit 1; }
+        grep -qx "hf_rmod/assets/$asset/$f" <<<"$WHEEL_FILES" || { echo "wheel lacks assets/$asset/$f"; exit 1; }
+        grep -q "/hf_rmod/assets/$asset/$f\$" <<<"$SDIST_FILES" || { echo "sdist lacks assets/$asset/$f"; exit 1; }
     done
 done
 "$PY" -m venv "$WORK/venv"
