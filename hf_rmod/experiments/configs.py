@@ -14,6 +14,7 @@ Which dataclass goes where:
 :class:`PolicyArguments`   the reference policy and where it runs (every subcommand)
 :class:`SamplingConfig`    ``sample_responses`` / ``hf-rmod sample``
 :class:`ValueTrainingConfig` ``train_value_head`` / ``hf-rmod train-value``
+:class:`ValueReportArguments` ``ranking_report`` / ``hf-rmod value-report``
 :class:`EvaluationConfig`  ``evaluate`` / ``hf-rmod evaluate``
 :class:`DemoConfig`        ``hf-rmod demo``
 ========================  ==================================================================================
@@ -40,6 +41,7 @@ __all__ = [
     "SampleArguments",
     "SamplingConfig",
     "TrainValueArguments",
+    "ValueReportArguments",
     "ValueTrainingConfig",
     "merge_config",
     "sampling_kwargs",
@@ -155,26 +157,35 @@ class PolicyArguments:
 # Sampling training data
 # ------------------------------------------------------------------------------------------------------------
 @dataclass
-class SamplingConfig:
-    """How :func:`~hf_rmod.experiments.sampling.sample_responses` samples and scores responses."""
+class _GenerationSettings:
+    """The generate() settings that sampling and evaluation share (fields first in both)."""
 
-    num_responses: int = field(default=4, metadata={"help": "Responses sampled per prompt.", "aliases": ["-n"]})
-    max_new_tokens: int = field(default=128, metadata={"help": "Response length cap in tokens."})
-    batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call (batch_size * n rows)."})
     generation_kwargs: Optional[str] = field(default=None, metadata={"help": _SAMPLING_HELP})
     chat_template: bool = field(
         default=True, metadata={"help": "Render each prompt as a user turn with the tokenizer's chat template."}
     )
-    seed: Optional[int] = field(default=None, metadata={"help": "Seed torch before sampling."})
 
     def __post_init__(self) -> None:
-        _check_min(self, 1, "num_responses", "max_new_tokens", "batch_size")
         self.generation_kwargs = _parse_json_object("generation_kwargs", self.generation_kwargs)
 
     @property
     def sampling(self) -> dict[str, Any]:
         """The generate() sampling arguments: :data:`DEFAULT_SAMPLING` with ``generation_kwargs`` over it."""
         return sampling_kwargs(self.generation_kwargs)
+
+
+@dataclass
+class SamplingConfig(_GenerationSettings):
+    """How :func:`~hf_rmod.experiments.sampling.sample_responses` samples and scores responses."""
+
+    num_responses: int = field(default=4, metadata={"help": "Responses sampled per prompt.", "aliases": ["-n"]})
+    max_new_tokens: int = field(default=128, metadata={"help": "Response length cap in tokens."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call (batch_size * n rows)."})
+    seed: Optional[int] = field(default=None, metadata={"help": "Seed torch before sampling."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_min(self, 1, "num_responses", "max_new_tokens", "batch_size")
 
 
 @dataclass
@@ -224,9 +235,12 @@ class ValueTrainingConfig:
         default=True, metadata={"help": "Shared-trunk heads: run the frozen policy once and cache its hidden states."}
     )
     freeze_backbone: bool = field(default=False, metadata={"help": "Backbone heads: train only the head."})
+    ranking_block_size: int = field(
+        default=16, metadata={"help": "B of the within-prompt ranking metrics of validation (at t = B and 2B)."}
+    )
 
     def __post_init__(self) -> None:
-        _check_min(self, 1, "epochs", "batch_size")
+        _check_min(self, 1, "epochs", "batch_size", "ranking_block_size")
         _check_min(self, 0, "lr", "max_grad_norm", strict=True)
         _check_min(self, 0, "weight_decay", "patience")
         if not isinstance(self.val_fraction, (int, float)) or not 0 <= self.val_fraction < 1:
@@ -255,19 +269,51 @@ class TrainValueArguments:
 
 
 # ------------------------------------------------------------------------------------------------------------
+# Ranking report of a value model
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class ValueReportArguments:
+    """``hf-rmod value-report``: within-prompt ranking metrics of a value model on held-out records
+    (:func:`~hf_rmod.experiments.value_report.ranking_report`)."""
+
+    records: str = field(
+        default=None, metadata={"help": "JSONL written by `hf-rmod sample` (several responses per prompt; prompts the "
+                                "value model was not trained on).", "required": True}
+    )
+    value_head: Optional[str] = field(
+        default=None, metadata={"help": "MultiValueHead folder (default: the shipped value head)."}
+    )
+    reward: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Instead of a value head, score the partial responses with these reward functions (a "
+                  "RewardValueModel, no training), repeatable: NAME=MODULE:CALLABLE; `default` for the offline "
+                  "harmless/helpful rewards. Decodes with the --policy tokenizer.",
+                  "metavar": "NAME=MODULE:CALLABLE", "action": "extend"},
+    )
+    block_size: int = field(default=16, metadata={"help": "B: values are read after t = B, 2B, ... response tokens."})
+    max_blocks: Optional[int] = field(default=None, metadata={"help": "At most this many positions (default: all)."})
+    batch_size: int = field(default=16, metadata={"help": "Responses per forward pass."})
+    output: Optional[str] = field(
+        default=None, metadata={"help": "Write the report as JSON here (the table is printed either way).",
+                                "aliases": ["-o"]}
+    )
+
+    def __post_init__(self) -> None:
+        _check_min(self, 1, "block_size", "max_blocks", "batch_size")
+        if self.reward and self.value_head:
+            raise ValueError("`value_head` and `reward` are alternatives: report a value head or reward functions.")
+
+
+# ------------------------------------------------------------------------------------------------------------
 # Evaluation
 # ------------------------------------------------------------------------------------------------------------
 @dataclass
-class EvaluationConfig:
+class EvaluationConfig(_GenerationSettings):
     """How :func:`~hf_rmod.experiments.evaluation.evaluate` decodes and summarizes."""
 
     max_new_tokens: int = field(default=96, metadata={"help": "Response length cap (and the block of Best-of-K)."})
     batch_size: int = field(default=4, metadata={"help": "Prompts per generate() call."})
     seed: int = field(default=0, metadata={"help": "Base seed of the per-(method, batch) seeds."})
-    generation_kwargs: Optional[str] = field(default=None, metadata={"help": _SAMPLING_HELP})
-    chat_template: bool = field(
-        default=True, metadata={"help": "Render each prompt as a user turn with the tokenizer's chat template."}
-    )
     reference_method: str = field(
         default="reference", metadata={"help": "Method the worst-case win rates compare against."}
     )
@@ -275,13 +321,8 @@ class EvaluationConfig:
     plots: bool = field(default=True, metadata={"help": "Write the PNG plots (needs matplotlib)."})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_min(self, 1, "max_new_tokens", "batch_size", "n_resamples")
-        self.generation_kwargs = _parse_json_object("generation_kwargs", self.generation_kwargs)
-
-    @property
-    def sampling(self) -> dict[str, Any]:
-        """The generate() sampling arguments: :data:`DEFAULT_SAMPLING` with ``generation_kwargs`` over it."""
-        return sampling_kwargs(self.generation_kwargs)
 
 
 @dataclass
