@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _WEIGHT_MODES = ("robust", "uniform")
 _SELECTIONS = ("argmax", "sample")
-_SOLVER_OPTION_NAMES = ("max_iter", "tol", "step_size")
+_SOLVER_OPTION_NAMES = ("max_iter", "tol", "step_size", "check")
 
 WeightsSpec = Union[str, int, Sequence[float]]
 
@@ -67,7 +67,8 @@ class RMODConfig:
             (eq. 46) or ``"projected"`` (eq. 48).
         solver_options (`dict`, *optional*):
             Extra keyword arguments of `hf_rmod.solve_weights`: ``max_iter``, ``tol``,
-            ``step_size``.
+            ``step_size``, ``check`` (``False``: no host sync per solve on accelerators; rows the fast path
+            cannot certify keep ``converged=False`` instead of falling back to the iterative solver).
         value_model_kwargs (`dict`, *optional*):
             Keyword arguments for ``MultiValueHead.from_pretrained`` when `value_model` is a
             path or Hub id (e.g. ``{"revision": "main"}``). ``trust_remote_code`` is never set
@@ -122,8 +123,9 @@ class RMODConfig:
             check_local_path(self.value_model, "value_model", options.get("subfolder") or "")
         if not isinstance(self.value_model, str) and not _is_value_head(self.value_model):
             raise TypeError(
-                f"`value_model` must be a `MultiValueHead` or a path / Hub id string, got "
-                f"{type(self.value_model).__name__}. Load one with `MultiValueHead.from_pretrained(...)`."
+                f"`value_model` must be a `MultiValueHead`, a `RewardValueModel` or a path / Hub id string, got "
+                f"{type(self.value_model).__name__}. Load one with `MultiValueHead.from_pretrained(...)`, or score "
+                "with reward functions: `hf_rmod.reward_values.RewardValueModel(reward_fns, tokenizer=...)`."
             )
         self.num_candidates = _positive_int("num_candidates", self.num_candidates, "e.g. num_candidates=16")
         self.block_size = _positive_int("block_size", self.block_size, "e.g. block_size=16")
@@ -210,7 +212,8 @@ class RMODConfig:
 def _is_value_head(obj: Any) -> bool:
     from .modeling_value_head import MultiValueHead
 
-    return isinstance(obj, MultiValueHead)
+    # or a value model that builds its own scorer and names its objectives (hf_rmod.reward_values.RewardValueModel)
+    return isinstance(obj, MultiValueHead) or (callable(getattr(obj, "build_scorer", None)) and hasattr(obj, "objectives"))
 
 
 def _positive_int(name: str, value: Any, hint: str) -> int:
