@@ -152,6 +152,7 @@ def render_model_card(head: "MultiValueHead", tags: Sequence[str]):
         f"- **Objectives** ({len(config.objectives)}): " + ", ".join(f"`{o}`" for o in config.objectives),
         f"- **Reference policy**: `{policy}`" if policy else "- **Reference policy**: not recorded",
         f"- **Head**: {_head_kind(head)}",
+        f"- **Tokenizer** (whose token ids the head reads): {_tokenizer_line(config.tokenizer_fingerprint)}",
         "- **Reward normalisation** (values are predicted in normalised units; `denormalize` maps back): "
         + ", ".join(
             f"`{o}`: mean {m:.4g}, std {s:.4g}" for o, m, s in zip(config.objectives, config.reward_mean, config.reward_std)
@@ -165,6 +166,14 @@ def render_model_card(head: "MultiValueHead", tags: Sequence[str]):
         lines += [f"- **{key}**: {value}" for key, value in data.items()]
     else:
         lines.append(str(data) if data else "Not recorded.")
+    lines += ["", "## Sampling distribution of the training data", ""]
+    sampling = getattr(config, "sampling_settings", None)
+    if sampling:
+        lines += [f"- **{key}**: {json.dumps(value, default=str)}" for key, value in sampling.items()]
+        lines += ["", "Decoding with other settings (`generate(..., rmod_config=...)`) warns once: the values estimate "
+                  "rewards under this distribution."]
+    else:
+        lines.append("Not recorded.")
     lines += ["", "## Validation metrics", ""]
     metrics = info.pop("metrics", None)
     lines += _metrics_markdown(metrics, config.objectives) if metrics else ["Not recorded."]
@@ -186,6 +195,13 @@ def render_model_card(head: "MultiValueHead", tags: Sequence[str]):
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
+def _tokenizer_line(fingerprint: Any) -> str:
+    if not fingerprint:
+        return "not recorded"
+    name = fingerprint.get("name_or_path") or "unnamed"
+    return f"`{name}`, {fingerprint.get('vocab_size')} tokens, sha256 `{str(fingerprint.get('sha256'))[:16]}`"
+
+
 def _head_kind(head: "MultiValueHead") -> str:
     config = head.config
     if head.uses_policy_hidden_states:
@@ -204,6 +220,11 @@ def _metrics_markdown(metrics: Any, objectives: Sequence[str]) -> list[str]:
     table = {k: v for k, v in metrics.items() if isinstance(v, dict) and set(v) <= set(objectives)}
     lines = [f"> **Warning:** {message}" for message in ([warnings] if isinstance(warnings, str) else warnings)]
     lines += [""] if lines else []
+    if any(str(k).startswith(("within_prompt_spearman", "pairwise_accuracy")) for k in table):
+        lines += ["Ranking rows (`within_prompt_spearman_tN`, `pairwise_accuracy_tN`): agreement between the value after "
+                  "N response tokens and the final reward among the responses of the same prompt, averaged over the "
+                  "validation prompts: what RMOD's choice among K candidates depends on. MSE rows are in normalised "
+                  "reward units.", ""]
     if table:
         lines.append("| metric | " + " | ".join(objectives) + " |")
         lines.append("|---|" + "---|" * len(objectives))

@@ -1,4 +1,4 @@
-"""The ``hf-rmod`` command line: ``demo``, ``sample``, ``train-value``, ``evaluate``.
+"""The ``hf-rmod`` command line: ``demo``, ``sample``, ``train-value``, ``value-report``, ``evaluate``.
 
 ``python -m hf_rmod <command>`` is the same program.
 
@@ -39,6 +39,7 @@ from .experiments.configs import (
     SampleArguments,
     SamplingConfig,
     TrainValueArguments,
+    ValueReportArguments,
     ValueTrainingConfig,
 )
 
@@ -159,6 +160,16 @@ COMMANDS: dict[str, _Command] = {
             "the policy that sampled the records.",
             run="_run_train_value", on_interrupt="nothing was saved ({output_dir}/best is written when training "
             "ends) and training does not resume: rerun the command to start over.",
+        ),
+        _Command(
+            "value-report", (PolicyArguments, ValueReportArguments),
+            help="Within-prompt ranking metrics of a value model (Spearman, pairwise accuracy at t = B, 2B, ...) on "
+            "held-out records.",
+            description="How well a value model orders the responses of the same prompt by their final reward "
+            "after t = B, 2B, ... response tokens (what RMOD's choice among K candidates depends on), beside the "
+            "prefix MSE and the share of reward variance between prompts. A shared-trunk head needs the policy "
+            "that sampled the records (--policy; default: the embedded SmolLM2).",
+            run="_run_value_report",
         ),
         _Command(
             "evaluate", (PolicyArguments, EvaluationArguments, EvaluationConfig),
@@ -337,6 +348,16 @@ def _check_train_value(policy: PolicyArguments, args: TrainValueArguments) -> No
                          "tokenizer).")
 
 
+def _backbone_tokenizer(backbone: str, trust_remote_code: bool) -> Any:
+    """The backbone folder's tokenizer (recorded as the head's fingerprint), or None when it has none."""
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(backbone, **({"trust_remote_code": True} if trust_remote_code else {}))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
 def _records_and_objectives(args: TrainValueArguments) -> tuple[list[dict], list[str]]:
     """``--objectives``: names (every record must have them), ``common`` (those every record has) or none (the
     first record's; every record must have the same objectives)."""
@@ -361,24 +382,59 @@ def _run_train_value(policy: PolicyArguments, args: TrainValueArguments, config:
     from .experiments.value_training import train_value_head
     from .modeling_value_head import MultiValueHead
 
-    model = None
+    model = tokenizer = None
     if policy.policy:
-        model, _ = _load_policy(policy, device)
+        model, tokenizer = _load_policy(policy, device)
     if args.kind == "shared":
-        head = MultiValueHead.for_policy(model, objectives, head_type=args.head_type, policy_name_or_path=policy.policy)
+        head = MultiValueHead.for_policy(model, objectives, head_type=args.head_type, policy_name_or_path=policy.policy,
+                                         tokenizer=tokenizer)
     else:
         head = MultiValueHead.from_backbone(
             args.backbone, objectives, head_type=args.head_type, policy_name_or_path=policy.policy,
+            tokenizer=_backbone_tokenizer(args.backbone, policy.trust_remote_code),
             **({"trust_remote_code": True} if policy.trust_remote_code else {}),
         )
         if model is not None:
-            head.check_compatible(model)
+            head.check_compatible(model, tokenizer=tokenizer)  # refuses a backbone with another tokenizer
             head.config.policy_vocab_size = model.get_output_embeddings().out_features
             model = None  # a backbone head does not need the policy during training
     result = train_value_head(head, records, model, config, objectives=objectives, output_dir=args.output_dir,
-                              allow_missing=(args.objectives or "").strip() == "common")
+                              allow_missing=(args.objectives or "").strip() == "common", tokenizer=tokenizer)
     print(json.dumps({"val_mse": result.val_mse, "baseline_mse": result.baseline_mse,
                       "best_checkpoint": result.best_checkpoint}, indent=2))
+    return 0
+
+
+def _run_value_report(policy: PolicyArguments, args: ValueReportArguments) -> int:
+    from .experiments.records import load_records
+
+    records = load_records(args.records)  # a missing or malformed file fails before any model loads
+    device = _setup_torch(policy)
+    model = tokenizer = None
+    if args.reward:
+        model, tokenizer = _load_policy(policy, device)
+        from .reward_values import RewardValueModel
+
+        if args.reward == ["default"]:
+            from .rewards import default_reward_functions
+
+            fns = default_reward_functions(device)
+        else:
+            from .rewards import load_reward_functions
+
+            fns = load_reward_functions(args.reward)
+        value_model = RewardValueModel(fns, tokenizer=tokenizer)
+    else:
+        value_model = _load_value_head(args.value_head, device)
+        if value_model.uses_policy_hidden_states or policy.policy:
+            model, tokenizer = _load_policy(policy, device)
+    from .experiments.value_report import ranking_report
+
+    report = ranking_report(value_model, records, model, block_size=args.block_size, max_blocks=args.max_blocks,
+                            batch_size=args.batch_size, tokenizer=tokenizer)
+    print(report.to_markdown())
+    if args.output:
+        print(f"report: {report.save(args.output)}")
     return 0
 
 

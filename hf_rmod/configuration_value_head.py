@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from ._utils import check_unique_names
 
-__all__ = ["MultiValueHeadConfig"]
+__all__ = ["MultiValueHeadConfig", "tokenizer_fingerprint"]
 
 _HEAD_TYPES = ("linear", "mlp")
 
@@ -28,6 +30,61 @@ def _config_vocab(config: PreTrainedConfig) -> int | None:
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     value = getattr(text_config, "vocab_size", None)
     return value if isinstance(value, int) else None
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
+    """What identifies a tokenizer's token ids: ``{"sha256", "vocab_size", "name_or_path"}``.
+
+    ``sha256`` hashes the sorted ``(token, id)`` items of ``tokenizer.get_vocab()`` (added tokens included) and the
+    sorted ids of its special tokens (BOS, EOS, UNK and the additional ones; not the pad token, which is routinely
+    re-pointed: ``tokenizer.pad_token = tokenizer.eos_token`` does not change the fingerprint); ``vocab_size`` is
+    ``len(tokenizer)``; ``name_or_path`` is only shown in messages. Two tokenizers with the same ``sha256`` map every
+    token id to the same token.
+    """
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    if not callable(get_vocab):
+        raise TypeError(f"Expected a transformers tokenizer (with get_vocab()), got {type(tokenizer).__name__}.")
+    vocab = sorted((str(token), int(index)) for token, index in get_vocab().items())
+    special = {int(i) for i in (getattr(tokenizer, "all_special_ids", None) or []) if i is not None}
+    special.discard(getattr(tokenizer, "pad_token_id", None))  # pad is routinely re-pointed (pad = eos)
+    special |= {int(i) for name in ("bos_token_id", "eos_token_id", "unk_token_id")
+                if (i := getattr(tokenizer, name, None)) is not None}
+    special = sorted(special)
+    digest = hashlib.sha256(json.dumps([vocab, special], ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    try:
+        size = len(tokenizer)
+    except TypeError:
+        size = len(vocab)
+    name = getattr(tokenizer, "name_or_path", None) or None
+    return {"sha256": digest.hexdigest(), "vocab_size": int(size), "name_or_path": None if name is None else str(name)}
+
+
+def describe_tokenizer(fingerprint: dict[str, Any] | None) -> str:
+    """``'gpt2' (50257 tokens, sha256 1a2b3c4d5e6f)`` for messages."""
+    if not fingerprint:
+        return "an unrecorded tokenizer"
+    name = fingerprint.get("name_or_path") or "unnamed tokenizer"
+    return f"{name!r} ({fingerprint.get('vocab_size')} tokens, sha256 {str(fingerprint.get('sha256'))[:12]})"
+
+
+#: Keys of ``sampling_settings`` that describe the sampling distribution (compared at decoding time).
+SAMPLING_KEYS = ("policy", "do_sample", "temperature", "top_k", "top_p", "max_new_tokens", "chat_template")
+
+
+def sampling_settings_from_records(settings: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The records' settings file (:func:`hf_rmod.experiments.records.read_settings`) -> the flat
+    ``sampling_settings`` of a head: ``policy``, ``max_new_tokens``, ``chat_template`` and every generate() sampling
+    argument (``do_sample``, ``temperature``, ``top_k``, ``top_p``, ...). ``None`` when nothing was recorded."""
+    if not settings:
+        return None
+    out: dict[str, Any] = {}
+    for key in ("policy", "max_new_tokens", "chat_template", "num_responses"):
+        if settings.get(key) is not None:
+            out[key] = settings[key]
+    sampling = settings.get("sampling")
+    if isinstance(sampling, dict):
+        out.update({k: v for k, v in sampling.items() if k not in out})
+    return out or None
 
 
 class MultiValueHeadConfig(PreTrainedConfig):
@@ -56,6 +113,16 @@ class MultiValueHeadConfig(PreTrainedConfig):
             Per-objective reward mean used to normalise training targets. Defaults to zeros.
         reward_std (`list[float]`, *optional*):
             Per-objective reward standard deviation (> 0) used to normalise training targets. Defaults to ones.
+        tokenizer_fingerprint (`dict`, *optional*):
+            The tokenizer whose token ids the head reads (shared-trunk: the policy's; backbone: the backbone's), as
+            [`tokenizer_fingerprint`] gives it: ``{"sha256", "vocab_size", "name_or_path"}``. Recorded by
+            ``for_policy`` / ``from_backbone`` / ``train_value_head`` when they get a ``tokenizer``;
+            [`MultiValueHead.check_compatible`] refuses a backbone head whose fingerprint differs from the policy
+            tokenizer's. ``None`` (older heads): only sizes are checked.
+        sampling_settings (`dict`, *optional*):
+            The sampling distribution of the training data (``policy``, ``do_sample``, ``temperature``, ``top_k``,
+            ``top_p``, ``max_new_tokens``, ``chat_template``, ...), copied from the records' settings file by
+            ``train_value_head``. Decoding with other settings warns once.
         training_info (`dict`, *optional*):
             Free-form metadata shown in the model card (training data, validation metrics, ...).
         initializer_range (`float`, *optional*, defaults to 0.02):
@@ -88,6 +155,8 @@ class MultiValueHeadConfig(PreTrainedConfig):
     policy_hidden_size: int | None = None
     reward_mean: list[float] | None = None
     reward_std: list[float] | None = None
+    tokenizer_fingerprint: dict | None = None
+    sampling_settings: dict | None = None
     training_info: dict = field(default_factory=dict)
     initializer_range: float = 0.02
 
@@ -102,6 +171,7 @@ class MultiValueHeadConfig(PreTrainedConfig):
         self._resolve_backbone_config()
         self._validate_sizes()
         self._validate_normalisation()
+        self._validate_records()
         if self.training_info is None:
             self.training_info = {}
         if not isinstance(self.training_info, dict):
@@ -188,6 +258,23 @@ class MultiValueHeadConfig(PreTrainedConfig):
         bad = [(o, s) for o, s in zip(self.objectives, self.reward_std) if s <= 0]
         if bad:
             raise ValueError(f"`reward_std` must be > 0 for every objective, got {bad!r}.")
+
+    def _validate_records(self) -> None:
+        fingerprint = self.tokenizer_fingerprint
+        if fingerprint is not None:
+            if not isinstance(fingerprint, dict) or not isinstance(fingerprint.get("sha256"), str):
+                raise ValueError(
+                    f"`tokenizer_fingerprint` must be a dict with 'sha256' and 'vocab_size' (from "
+                    f"hf_rmod.configuration_value_head.tokenizer_fingerprint(tokenizer)), got {fingerprint!r}."
+                )
+            size = fingerprint.get("vocab_size")
+            if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+                raise ValueError(f"`tokenizer_fingerprint['vocab_size']` must be a positive int, got {size!r}.")
+        if self.sampling_settings is not None and not isinstance(self.sampling_settings, dict):
+            raise TypeError(
+                f"`sampling_settings` must be a dict (e.g. {{'temperature': 0.7, 'top_p': 0.9}}), got "
+                f"{type(self.sampling_settings).__name__}."
+            )
 
     @property
     def num_objectives(self) -> int:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
+import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
@@ -33,7 +35,13 @@ from transformers.utils import ModelOutput
 
 from . import _hub
 from ._utils import module_device
-from .configuration_value_head import MultiValueHeadConfig, _config_vocab, _config_width
+from .configuration_value_head import (
+    MultiValueHeadConfig,
+    _config_vocab,
+    _config_width,
+    describe_tokenizer,
+    tokenizer_fingerprint,
+)
 
 __all__ = ["MultiValueHead", "MultiValueHeadConfig", "MultiValueHeadOutput"]
 
@@ -247,11 +255,14 @@ class MultiValueHead(PreTrainedModel):
         objectives: Sequence[str],
         head_type: str = "linear",
         head_hidden_size: int | None = None,
+        *,
+        tokenizer: Any = None,
         **kwargs: Any,
     ) -> "MultiValueHead":
         """A fresh shared-trunk head sized for ``model``'s final hidden state, on the model's device.
 
-        Extra ``kwargs`` go to [`MultiValueHeadConfig`] (e.g. ``reward_mean``, ``training_info``).
+        ``tokenizer`` (the policy's) is recorded as the head's ``tokenizer_fingerprint``. Extra ``kwargs`` go to
+        [`MultiValueHeadConfig`] (e.g. ``reward_mean``, ``training_info``).
         """
         hidden_size, vocab_size = _policy_sizes(model)
         if hidden_size is None:
@@ -267,6 +278,8 @@ class MultiValueHead(PreTrainedModel):
             policy_name_or_path=kwargs.pop("policy_name_or_path", None) or getattr(model, "name_or_path", None) or None,
             policy_vocab_size=kwargs.pop("policy_vocab_size", vocab_size),
             policy_hidden_size=kwargs.pop("policy_hidden_size", hidden_size),
+            tokenizer_fingerprint=kwargs.pop("tokenizer_fingerprint", None)
+            or (None if tokenizer is None else tokenizer_fingerprint(tokenizer)),
             **kwargs,
         )
         head = cls(config)
@@ -278,6 +291,8 @@ class MultiValueHead(PreTrainedModel):
         backbone: str | os.PathLike | PreTrainedModel,
         objectives: Sequence[str],
         head_type: str = "linear",
+        *,
+        tokenizer: Any = None,
         **kwargs: Any,
     ) -> "MultiValueHead":
         """A fresh head on its own transformer backbone (weights copied from ``backbone``).
@@ -288,6 +303,8 @@ class MultiValueHead(PreTrainedModel):
                 (its base model is used when it has an LM head).
             objectives: the ``G`` objective names.
             head_type: ``"linear"`` or ``"mlp"``.
+            tokenizer: the backbone's tokenizer (the one whose ids it reads); recorded as the head's
+                ``tokenizer_fingerprint`` so that decoding and training refuse a policy with another tokenizer.
             kwargs: ``trust_remote_code``, ``revision``, ``token``, ``local_files_only``, ``dtype`` go to
                 ``from_pretrained``; everything else to [`MultiValueHeadConfig`].
         """
@@ -317,6 +334,8 @@ class MultiValueHead(PreTrainedModel):
             head_type=head_type,
             backbone_config=copy.deepcopy(module.config),
             policy_name_or_path=policy_name,
+            tokenizer_fingerprint=kwargs.pop("tokenizer_fingerprint", None)
+            or (None if tokenizer is None else tokenizer_fingerprint(tokenizer)),
             **kwargs,
         )
         head = cls(config, _backbone=module)
@@ -418,15 +437,19 @@ class MultiValueHead(PreTrainedModel):
         return _hub.render_model_card(self, tags)
 
     # -- checks -------------------------------------------------------------------------------------------------
-    def check_compatible(self, policy: PreTrainedModel, objectives: Sequence[str] | None = None) -> None:
-        """Raise `ValueError` (naming both sides) if this head cannot score ``policy``'s generations.
+    def check_compatible(
+        self, policy: PreTrainedModel, objectives: Sequence[str] | None = None, *, tokenizer: Any = None
+    ) -> None:
+        """Raise `ValueError` (naming both sides and the fix) if this head cannot score ``policy``'s generations.
 
-        Checks: the shared-trunk head's ``hidden_size`` against the policy's lm_head input width; the backbone's
-        vocabulary against the policy's (the decoding loop feeds the policy's token ids to the backbone); the
-        recorded ``policy_vocab_size`` / ``policy_hidden_size``; and, if given, the expected objective names.
+        Checks: the shared-trunk head's ``hidden_size`` against the policy's lm_head input width; for a backbone
+        head, which reads the policy's token ids, that the ids mean the same tokens to it (see
+        :meth:`check_tokenizer`: the recorded ``tokenizer_fingerprint`` against ``tokenizer``, the policy's tokenizer,
+        when both are known; else the backbone's vocabulary size must equal the policy's); the recorded
+        ``policy_vocab_size`` / ``policy_hidden_size``; and, if given, the expected objective names.
         """
         policy_name = getattr(policy, "name_or_path", None) or type(policy).__name__
-        head_name = self.config.name_or_path or f"MultiValueHead(objectives={self.objectives})"
+        head_name = self._display_name()
         hidden_size, vocab_size = _policy_sizes(policy)
         if objectives is not None and list(objectives) != self.objectives:
             raise ValueError(
@@ -446,8 +469,10 @@ class MultiValueHead(PreTrainedModel):
                 raise ValueError(
                     f"Value head {head_name!r} has a backbone vocabulary of {backbone_vocab} tokens, smaller than "
                     f"policy {policy_name!r}'s {vocab_size}: the policy's token ids cannot be fed to it. Use a "
-                    "backbone that shares the policy's tokenizer."
+                    "backbone that shares the policy's tokenizer, or re-tokenise text with "
+                    "RMODConfig(value_tokenizer=<the value model's tokenizer>, tokenizer=<the policy's tokenizer>)."
                 )
+            self._check_ids_mean_the_same(policy_name, vocab_size, backbone_vocab, tokenizer)
         if (
             self.config.policy_vocab_size is not None
             and vocab_size is not None
@@ -468,6 +493,136 @@ class MultiValueHead(PreTrainedModel):
                 f"Value head {head_name!r} records policy hidden size {self.config.policy_hidden_size} "
                 f"({self.config.policy_name_or_path!r}) but policy {policy_name!r} has {hidden_size}."
             )
+
+    def check_tokenizer(self, tokenizer: Any, what: str = "the policy's tokenizer") -> bool:
+        """Compare ``tokenizer`` with the head's recorded ``tokenizer_fingerprint``.
+
+        Returns ``True`` when they match, ``False`` when the head records no fingerprint (nothing to compare);
+        raises `ValueError` naming both tokenizers and the fix when they differ.
+        """
+        recorded = self.config.tokenizer_fingerprint
+        if recorded is None or tokenizer is None:
+            return False
+        current = _cached_fingerprint(tokenizer)
+        if current["sha256"] == recorded["sha256"]:
+            return True
+        raise ValueError(
+            f"Value head {self._display_name()!r} reads the token ids of tokenizer {describe_tokenizer(recorded)}, "
+            f"but {what} is {describe_tokenizer(current)}: the same ids mean other tokens, so the head would score "
+            "garbage. Re-tokenise the text for it: RMODConfig(value_tokenizer=<the value model's tokenizer>, "
+            "tokenizer=<the policy's tokenizer>); or use a value head built on the policy's tokenizer."
+        )
+
+    def _check_ids_mean_the_same(self, policy_name: str, policy_vocab: int | None, backbone_vocab: int | None,
+                                 tokenizer: Any) -> None:
+        """A backbone head fed the policy's ids: the fingerprint decides when both tokenizers are known, else sizes."""
+        if self.check_tokenizer(tokenizer, what=f"policy {policy_name!r}'s tokenizer"):
+            return  # proven: the same tokenizer (embedding sizes may still differ by padding)
+        recorded = self.config.tokenizer_fingerprint
+        fix = (
+            "If they do share a tokenizer, record the head's tokenizer (MultiValueHead.from_backbone(..., "
+            "tokenizer=...), or head.config.tokenizer_fingerprint = hf_rmod.configuration_value_head."
+            "tokenizer_fingerprint(tok)) and pass RMODConfig(tokenizer=<the policy's tokenizer>) so that the "
+            "fingerprints are compared; otherwise re-tokenise the text with RMODConfig(value_tokenizer=<the value "
+            "model's tokenizer>, tokenizer=<the policy's tokenizer>)."
+        )
+        if recorded is not None and policy_vocab is not None and recorded["vocab_size"] > policy_vocab:
+            raise ValueError(
+                f"Value head {self._display_name()!r} reads tokenizer {describe_tokenizer(recorded)}, which has more "
+                f"tokens than policy {policy_name!r}'s vocabulary ({policy_vocab}): the policy does not use that "
+                f"tokenizer, and its token ids would mean other tokens to the head. {fix}"
+            )
+        if policy_vocab is not None and backbone_vocab is not None and backbone_vocab != policy_vocab:
+            raise ValueError(
+                f"Value head {self._display_name()!r} has a backbone vocabulary of {backbone_vocab} tokens but policy "
+                f"{policy_name!r} has {policy_vocab}: they almost surely use different tokenizers, and the policy's "
+                f"token ids would mean other tokens to the backbone. {fix}"
+            )
+
+    def _display_name(self) -> str:
+        return self.config.name_or_path or f"MultiValueHead(objectives={self.objectives})"
+
+    def warn_if_sampling_differs(self, generation_config: Any, max_new_tokens: int | None = None,
+                                 policy: Any = None) -> list[str]:
+        """Warn (once per head and set of differences) when decoding samples from another distribution than the one
+        the head was trained on (``config.sampling_settings``).
+
+        Compared: ``do_sample``, ``temperature``, ``top_k``, ``top_p`` and any other recorded generate() argument
+        that ``generation_config`` has, ``max_new_tokens`` (when given) and the policy's ``name_or_path`` (when both
+        are known). ``chat_template`` cannot be seen in token ids and is not compared. Returns the differences.
+        """
+        recorded = self.config.sampling_settings
+        if not recorded:
+            return []
+        differences = _sampling_differences(recorded, generation_config, max_new_tokens, policy)
+        if differences:
+            message = (
+                f"Value head {self._display_name()!r} was trained on responses sampled with other settings than this "
+                f"call ({'; '.join(differences)}; recorded -> now). Its values estimate rewards under the recorded "
+                "distribution; decode with the recorded settings or train a head on records sampled like this call."
+            )
+            key = (id(self), message)
+            if key not in _SAMPLING_WARNED:
+                _SAMPLING_WARNED.add(key)
+                warnings.warn(message, UserWarning, stacklevel=3)
+        return differences
+
+
+_FINGERPRINTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _cached_fingerprint(tokenizer: Any) -> dict:
+    """`tokenizer_fingerprint`, remembered per tokenizer object and size (hashing a 50k vocabulary takes ~0.15 s)."""
+    try:
+        size, cached = len(tokenizer), _FINGERPRINTS.get(tokenizer)
+    except TypeError:  # not weak-referenceable or no len(): compute every time
+        return tokenizer_fingerprint(tokenizer)
+    if cached is not None and cached[0] == size:
+        return cached[1]
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    _FINGERPRINTS[tokenizer] = (size, fingerprint)
+    return fingerprint
+
+
+_SAMPLING_WARNED: set = set()
+# generate()'s effective value of an unset argument: differences are judged on effective values.
+_NEUTRAL = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "typical_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0}
+
+
+def _sampling_differences(recorded: dict, generation_config: Any, max_new_tokens: int | None, policy: Any) -> list[str]:
+    """``"name: recorded -> now"`` for each recorded sampling setting the call does differently."""
+    out = []
+    for key, old in recorded.items():
+        if key in ("chat_template", "num_responses", "policy", "max_new_tokens", "objectives", "format"):
+            continue
+        if not hasattr(generation_config, key) or isinstance(old, (dict, list)):
+            continue
+        new = getattr(generation_config, key)
+        old_eff, new_eff = _NEUTRAL.get(key, old) if old is None else old, _NEUTRAL.get(key, new) if new is None else new
+        if isinstance(old_eff, (int, float)) and isinstance(new_eff, (int, float)) and not isinstance(old_eff, bool):
+            same = abs(float(old_eff) - float(new_eff)) <= 1e-6 * max(1.0, abs(float(old_eff)))
+        else:
+            same = old_eff == new_eff
+        if not same:
+            out.append(f"{key}: {old!r} -> {new!r}")
+    if max_new_tokens is not None and recorded.get("max_new_tokens") is not None:
+        if int(recorded["max_new_tokens"]) != int(max_new_tokens):
+            out.append(f"max_new_tokens: {recorded['max_new_tokens']!r} -> {int(max_new_tokens)!r}")
+    old_policy = recorded.get("policy")
+    new_policy = None if policy is None else _policy_id(policy)
+    if old_policy and new_policy and _normalise_id(old_policy) != _normalise_id(new_policy):
+        out.append(f"policy: {old_policy!r} -> {new_policy!r}")
+    return out
+
+
+def _policy_id(policy: Any) -> str | None:
+    name = getattr(policy, "name_or_path", None) or getattr(getattr(policy, "config", None), "_name_or_path", None)
+    return str(name) if name else None
+
+
+def _normalise_id(name: str) -> str:
+    path = os.path.expanduser(str(name))
+    return os.path.realpath(path) if os.path.exists(path) else str(name)
 
 
 def _policy_sizes(model: nn.Module) -> tuple[int | None, int | None]:

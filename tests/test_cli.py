@@ -65,6 +65,7 @@ REQUIRED = {
     "demo": [],
     "sample": ["--prompts", "p.jsonl", "--reward", "a=m:f", "-o", "out.jsonl"],
     "train-value": ["--records", "r.jsonl", "-o", "run"],
+    "value-report": ["--records", "r.jsonl"],
     "evaluate": ["-o", "out"],
 }
 
@@ -78,6 +79,7 @@ def test_every_default_comes_from_the_config_dataclasses(command):
         "demo": {},
         "sample": {"prompts": "p.jsonl", "reward": ["a=m:f"], "output": "out.jsonl"},
         "train-value": {"records": "r.jsonl", "output_dir": "run"},
+        "value-report": {"records": "r.jsonl"},
         "evaluate": {"output_dir": "out"},
     }[command]
     for obj in parsed:

@@ -320,3 +320,131 @@ def test_check_compatible_errors_name_both_sides():
     backbone_head.check_compatible(policy)
     with pytest.raises(ValueError, match=r"backbone vocabulary of 64.*96"):
         backbone_head.check_compatible(bigger_vocab)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tokenizer fingerprint and sampling distribution (issue 10 §4)
+# ----------------------------------------------------------------------------------------------------------------
+def _word_tokenizer(size, prefix="w"):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({f"{prefix}{i}": i for i in range(size)}, unk_token=f"{prefix}0"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=f"{prefix}0", eos_token=f"{prefix}2")
+
+
+def test_tokenizer_fingerprint_identifies_the_ids():
+    from hf_rmod.configuration_value_head import tokenizer_fingerprint
+
+    a, same, other = _word_tokenizer(VOCAB), _word_tokenizer(VOCAB), _word_tokenizer(VOCAB, prefix="t")
+    fp = tokenizer_fingerprint(a)
+    assert fp == tokenizer_fingerprint(same) and fp["vocab_size"] == VOCAB
+    assert fp["sha256"] != tokenizer_fingerprint(other)["sha256"]
+    same.pad_token = same.eos_token  # pointing pad at an existing token changes no id
+    assert tokenizer_fingerprint(same)["sha256"] == fp["sha256"]
+    with pytest.raises(ValueError, match="tokenizer_fingerprint"):
+        MultiValueHeadConfig(objectives=["a"], hidden_size=4, tokenizer_fingerprint={"vocab_size": 3})
+
+
+def test_gpt2_backbone_on_a_policy_with_another_vocabulary_is_refused():
+    """The SmolLM2 (49,152) / GPT-2 (50,257) case in miniature: a bigger backbone vocabulary used to pass."""
+    import hf_rmod
+    from hf_rmod import RMODConfig
+    from hf_rmod.training import train_value_head
+
+    policy = tiny_llama(vocab_size=VOCAB)
+    head = MultiValueHead.from_backbone(tiny_gpt2(vocab_size=VOCAB + 16), ["a"])  # no fingerprint recorded
+    with pytest.raises(ValueError, match=r"backbone vocabulary of 80 tokens but policy .* has 64.*value_tokenizer="):
+        head.check_compatible(policy)
+    ids = torch.randint(3, VOCAB, (1, 4))
+    with pytest.raises(ValueError, match="backbone vocabulary of 80"):
+        hf_rmod.generate(policy, ids, rmod_config=RMODConfig(value_model=head, num_candidates=2, block_size=2),
+                         max_new_tokens=2, do_sample=True)
+    records = [{"prompt": "p", "prompt_ids": [3, 4], "response_ids": [5, 6], "rewards": {"a": 1.0}}] * 4
+    with pytest.raises(ValueError, match="backbone vocabulary of 80"):
+        train_value_head(head, records, policy, epochs=1, val_fraction=0.0, show_progress=False)
+    # re-tokenising is the fix: no ids cross over, so nothing to refuse
+    policy_tok, value_tok = _word_tokenizer(VOCAB), _word_tokenizer(VOCAB + 16, prefix="t")
+    cfg = RMODConfig(value_model=head, num_candidates=2, block_size=2, tokenizer=policy_tok, value_tokenizer=value_tok)
+    out = hf_rmod.generate(policy, ids, rmod_config=cfg, max_new_tokens=2, do_sample=True, top_k=0,
+                           return_dict_in_generate=True)
+    assert out.values.shape == (1, 1, 2, 1)
+
+
+def test_fingerprint_decides_when_both_tokenizers_are_known():
+    import hf_rmod
+    from hf_rmod import RMODConfig
+    from hf_rmod.training import train_value_head
+
+    policy_tok, other_tok = _word_tokenizer(VOCAB), _word_tokenizer(VOCAB, prefix="t")
+    policy = tiny_llama()
+    head = MultiValueHead.from_backbone(tiny_gpt2(), ["a"], tokenizer=other_tok)  # same sizes, other tokens
+    assert head.config.tokenizer_fingerprint["vocab_size"] == VOCAB
+    head.check_compatible(policy)  # sizes agree and no policy tokenizer given: cannot tell
+    with pytest.raises(ValueError, match=r"tokenizer .*sha256 .*policy .*tokenizer is .*sha256.*value_tokenizer="):
+        head.check_compatible(policy, tokenizer=policy_tok)
+    ids = torch.randint(3, VOCAB, (1, 4))
+    with pytest.raises(ValueError, match="the same ids mean other tokens"):
+        hf_rmod.generate(policy, ids, rmod_config=RMODConfig(value_model=head, num_candidates=2, tokenizer=policy_tok),
+                         max_new_tokens=2, do_sample=True)
+    records = [{"prompt": "p", "prompt_ids": [3, 4], "response_ids": [5, 6], "rewards": {"a": 1.0}}] * 4
+    with pytest.raises(ValueError, match="the same ids mean other tokens"):
+        train_value_head(head, records, epochs=1, val_fraction=0.0, show_progress=False, tokenizer=policy_tok)
+    # the same tokenizer passes even when the embedding sizes differ (padded embeddings, e.g. Qwen 0.5B vs 7B)
+    padded = MultiValueHead.from_backbone(tiny_gpt2(vocab_size=VOCAB + 8), ["a"], tokenizer=policy_tok)
+    padded.check_compatible(policy, tokenizer=policy_tok)
+    with pytest.raises(ValueError, match="backbone vocabulary of 72"):
+        padded.check_compatible(policy)  # without the policy's tokenizer only the sizes can be compared
+    # a recorded tokenizer larger than the policy's vocabulary cannot be the policy's
+    big = MultiValueHead.from_backbone(tiny_gpt2(), ["a"], tokenizer=_word_tokenizer(VOCAB + 8))
+    with pytest.raises(ValueError, match="more tokens than policy"):
+        big.check_compatible(policy)
+
+
+def test_new_fields_round_trip_and_old_heads_load(tmp_path):
+    import json
+
+    from hf_rmod.defaults import DEFAULT_VALUE_HEAD_DIR
+
+    head = MultiValueHead.for_policy(tiny_llama(), ["a"], tokenizer=_word_tokenizer(VOCAB),
+                                     sampling_settings={"temperature": 0.7, "top_k": 0})
+    head.save_pretrained(tmp_path / "new")
+    loaded = MultiValueHead.from_pretrained(tmp_path / "new")
+    assert loaded.config.tokenizer_fingerprint == head.config.tokenizer_fingerprint
+    assert loaded.config.sampling_settings == {"temperature": 0.7, "top_k": 0}
+    card = (tmp_path / "new" / "README.md").read_text()
+    assert "**Tokenizer**" in card and "64 tokens" in card and "**temperature**: 0.7" in card
+    raw = json.loads((tmp_path / "new" / "config.json").read_text())
+    for key in ("tokenizer_fingerprint", "sampling_settings"):
+        raw.pop(key, None)
+    (tmp_path / "new" / "config.json").write_text(json.dumps(raw))
+    old = MultiValueHead.from_pretrained(tmp_path / "new")
+    assert old.config.tokenizer_fingerprint is None and old.config.sampling_settings is None
+    shipped = MultiValueHead.from_pretrained(DEFAULT_VALUE_HEAD_DIR)
+    assert shipped.config.tokenizer_fingerprint is None
+
+
+def test_decoding_with_other_sampling_settings_warns_once():
+    import warnings
+
+    import hf_rmod
+    from hf_rmod import RMODConfig
+
+    policy = tiny_llama()
+    head = MultiValueHead.for_policy(policy, ["a"], sampling_settings={
+        "do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0, "max_new_tokens": 4, "chat_template": True})
+    cfg = RMODConfig(value_model=head, num_candidates=2, block_size=2)
+    ids = torch.randint(3, VOCAB, (1, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the recorded settings: no warning
+        hf_rmod.generate(policy, ids, rmod_config=cfg, max_new_tokens=4, do_sample=True, temperature=0.7, top_p=0.9,
+                         top_k=0)
+    with pytest.warns(UserWarning, match=r"top_k: 0 -> 50; max_new_tokens: 4 -> 2") as caught:
+        hf_rmod.generate(policy, ids, rmod_config=cfg, max_new_tokens=2, do_sample=True, temperature=0.7, top_p=0.9)
+    assert sum("other settings" in str(w.message) for w in caught) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same differences again: already warned
+        hf_rmod.generate(policy, ids, rmod_config=cfg, max_new_tokens=2, do_sample=True, temperature=0.7, top_p=0.9)
+    with pytest.warns(UserWarning, match=r"temperature: 0.7 -> 1.0"):
+        hf_rmod.generate(policy, ids, rmod_config=cfg, max_new_tokens=4, do_sample=True, top_p=0.9, top_k=0)

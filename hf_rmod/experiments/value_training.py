@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .._utils import module_device
+from ..configuration_value_head import _config_vocab, sampling_settings_from_records, tokenizer_fingerprint
 from ..modeling_value_head import MultiValueHead
 from ..scoring import policy_final_hidden_states
 from . import io
@@ -81,6 +82,7 @@ class _Example:
     prompt_len: int
     target: list[float]  # normalised rewards (G,)
     hidden: torch.Tensor | None = None  # (|y|, H) cached policy states at response positions (shared-trunk)
+    index: int = -1  # the record's index (groups validation responses by prompt for the ranking metrics)
 
 
 def _collate(examples: list[_Example], pad_id: int) -> dict[str, torch.Tensor]:
@@ -104,6 +106,7 @@ def _collate(examples: list[_Example], pad_id: int) -> dict[str, torch.Tensor]:
         "loss_mask": loss_mask,
         "rel_pos": rel_pos,
         "targets": torch.tensor([e.target for e in examples], dtype=torch.float32),
+        "index": torch.tensor([e.index for e in examples], dtype=torch.long),
     }
     if examples[0].hidden is not None:
         hidden = torch.zeros((batch, width, examples[0].hidden.shape[-1]), dtype=examples[0].hidden.dtype)
@@ -127,6 +130,10 @@ class ValueTrainingResult:
         baseline_mse: the same for the constant predictor (the train-split mean reward).
         val_mse_by_prefix: best-epoch validation MSE (mean over objectives) per prefix bucket ``t/|y|``,
             with the constant predictor's as ``baseline_mse_by_prefix``.
+        val_ranking: best-epoch **within-prompt** ranking metrics on the validation split (which groups every
+            prompt's responses): ``{"within_prompt_spearman_t16": {objective: value}, "pairwise_accuracy_t16": ...,
+            ..._t32, "ranking_prompts": n}`` at ``t = B, 2B`` with ``B = ranking_block_size``
+            (see :mod:`hf_rmod.experiments.value_report`; NaN when no prompt qualifies).
         best_epoch: epoch of the best validation MSE (1-based).
         best_checkpoint: directory of the best model (a ``save_pretrained`` folder), if ``output_dir`` was given.
         reward_mean / reward_std: the normalisation stored in the head's config.
@@ -138,6 +145,7 @@ class ValueTrainingResult:
     baseline_mse: dict[str, float] = field(default_factory=dict)
     val_mse_by_prefix: dict[str, float] = field(default_factory=dict)
     baseline_mse_by_prefix: dict[str, float] = field(default_factory=dict)
+    val_ranking: dict[str, Any] = field(default_factory=dict)
     best_epoch: int | None = None
     best_checkpoint: str | None = None
     reward_mean: list[float] = field(default_factory=list)
@@ -194,6 +202,42 @@ def _summarize(stats: torch.Tensor, objectives: list[str]) -> dict[str, Any]:
     return out
 
 
+def _values_at_positions(values: torch.Tensor, loss_mask: torch.Tensor, positions: Sequence[int]) -> torch.Tensor:
+    """``(batch, S, G)``: each sequence's value after ``min(t, |y|)`` response tokens, for ``t`` in ``positions``.
+
+    ``loss_mask`` (batch, T) marks the response positions (right-padded batches: they are contiguous)."""
+    mask = loss_mask.bool()
+    length = mask.sum(1)  # (batch,) |y|
+    start = mask.float().argmax(1)  # (batch,) index of the first response token (the prompt length)
+    t = torch.tensor(list(positions), device=values.device)  # (S,)
+    where = start[:, None] + torch.minimum(t[None, :], length[:, None]).clamp_min(1) - 1  # (batch, S)
+    return values.float()[torch.arange(values.shape[0], device=values.device)[:, None], where]
+
+
+def _ranking_summary(values: torch.Tensor, targets: torch.Tensor, index: torch.Tensor, prompt_of: Sequence[str],
+                     positions: Sequence[int], objectives: list[str]) -> dict[str, Any]:
+    """Within-prompt Spearman and pairwise accuracy at each position (see :mod:`.value_report`), as
+    ``{"within_prompt_spearman_t16": {objective: value}, "pairwise_accuracy_t16": {...}, ..., "ranking_prompts": n}``."""
+    from .value_report import within_prompt_metrics
+
+    keep = index >= 0
+    values, targets, index = values[keep], targets[keep], index[keep]
+    if index.numel() == 0:
+        return {}
+    index, first = torch.unique(index, return_inverse=True)  # drop duplicates that gather_for_metrics may leave
+    order = torch.zeros(index.numel(), dtype=torch.long).scatter_(0, first, torch.arange(first.numel()))
+    values, targets = values[order], targets[order]
+    prompt_ids = {p: i for i, p in enumerate(dict.fromkeys(prompt_of[i] for i in index.tolist()))}
+    groups = torch.tensor([prompt_ids[prompt_of[i]] for i in index.tolist()])
+    metrics = within_prompt_metrics(values, targets, groups)
+    out: dict[str, Any] = {}
+    for s, t in enumerate(positions):
+        out[f"within_prompt_spearman_t{t}"] = {o: float(metrics["spearman"][s, g]) for g, o in enumerate(objectives)}
+        out[f"pairwise_accuracy_t{t}"] = {o: float(metrics["pairwise_accuracy"][s, g]) for g, o in enumerate(objectives)}
+    out["ranking_prompts"] = metrics["prompts"]
+    return out
+
+
 def _worse_than_constant(result: ValueTrainingResult) -> list[str]:
     """A message per objective whose best validation MSE exceeds the constant predictor's."""
     return [
@@ -219,6 +263,7 @@ def train_value_head(
     accelerator: Any = None,
     show_progress: bool = True,
     allow_missing: bool = False,
+    tokenizer: Any = None,
     **overrides: Any,
 ) -> ValueTrainingResult:
     """Fit ``head`` by CD-FUDGE (eq. 8) on sampled, scored responses.
@@ -246,10 +291,13 @@ def train_value_head(
         show_progress: progress bars and per-epoch lines on stderr (main process only).
         allow_missing: accept records with different objectives (see :func:`load_records`); every record must
             still have the head's objectives.
+        tokenizer: the tokenizer of the records' token ids (the policy's). A backbone head reads those ids: when it
+            records a ``tokenizer_fingerprint`` that differs, training is refused (naming both tokenizers). A head
+            without a fingerprint gets this tokenizer's.
         **overrides: :class:`ValueTrainingConfig` fields, e.g. ``epochs=5`` (applied over ``config``).
     """
     config = merge_config(ValueTrainingConfig, config, overrides, "train_value_head")
-    objectives = _check_head(head, policy, objectives)
+    objectives = _check_head(head, policy, objectives, tokenizer)
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -259,13 +307,36 @@ def train_value_head(
     for index, record in enumerate(records):
         if not record["response_ids"]:
             raise ValueError(f"Record {index} has an empty response; there is no prefix to train on.")
+    _check_token_ids(head, records)
+    if tokenizer is not None and head.config.tokenizer_fingerprint is None:
+        head.config.tokenizer_fingerprint = tokenizer_fingerprint(tokenizer)
+    sampling = sampling_settings_from_records(records.settings)
+    if sampling is not None:
+        head.config.sampling_settings = sampling
     run = _setup(head, records, policy, objectives, config, accelerator, show_progress)
     result = _fit(run, config, show_progress)
     _finish(run, result, records, config, output_dir)
     return result
 
 
-def _check_head(head: Any, policy: nn.Module | None, objectives: Sequence[str] | None) -> list[str]:
+def _check_token_ids(head: MultiValueHead, records: RecordList) -> None:
+    """A backbone head reads the records' token ids: they must exist in its vocabulary."""
+    if head.uses_policy_hidden_states:
+        return
+    vocab = _config_vocab(head.config.backbone_config)
+    if vocab is None:
+        return
+    for index, record in enumerate(records):
+        top = max(list(record["prompt_ids"]) + list(record["response_ids"]), default=0)
+        if top >= vocab:
+            raise ValueError(
+                f"Record {index} holds token id {top}, beyond the value head's backbone vocabulary ({vocab}): the "
+                "records were tokenized with another tokenizer than the backbone reads. Train a backbone that shares "
+                "the policy's tokenizer."
+            )
+
+
+def _check_head(head: Any, policy: nn.Module | None, objectives: Sequence[str] | None, tokenizer: Any = None) -> list[str]:
     if not isinstance(head, MultiValueHead):
         raise TypeError(f"`head` must be a MultiValueHead, got {type(head).__name__}.")
     objectives = list(objectives) if objectives is not None else head.objectives
@@ -280,7 +351,11 @@ def _check_head(head: Any, policy: nn.Module | None, objectives: Sequence[str] |
                 "A shared-trunk head reads the policy's hidden states: pass `policy=` (the reference model the "
                 "records were sampled from)."
             )
-        head.check_compatible(policy)
+        head.check_compatible(policy, tokenizer=tokenizer)
+    elif policy is not None:  # a backbone head reads the records' (policy's) token ids
+        head.check_compatible(policy, tokenizer=tokenizer)
+    elif tokenizer is not None:
+        head.check_tokenizer(tokenizer, what="the records' tokenizer (`tokenizer=`)")
     return objectives
 
 
@@ -300,6 +375,8 @@ class _Run:
     frozen_policy: nn.Module | None  # shared trunk without cached hidden states
     train_idx: list[int]
     val_idx: list[int]
+    ranking_positions: list[int] = field(default_factory=lambda: [16, 32])  # t = B, 2B of the ranking metrics
+    prompt_of: list[str] = field(default_factory=list)  # record index -> prompt
 
     def values_for(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Predicted values ``(batch, T, G)``."""
@@ -332,14 +409,24 @@ class _Run:
         return total / max(steps, 1)
 
     def validate(self) -> dict[str, Any]:
-        """Validation metrics (:func:`_summarize`) gathered over every process."""
+        """Validation metrics (:func:`_summarize`, :func:`_ranking_summary`) gathered over every process."""
         self.model.eval()
-        stats = []
+        stats, at_blocks, targets, index = [], [], [], []
         with torch.no_grad():
             for batch in self.val_loader:
-                stats.append(self.accelerator.gather_for_metrics(_sequence_stats(self.values_for(batch), batch)).cpu())
+                values = self.values_for(batch)
+                stats.append(self.accelerator.gather_for_metrics(_sequence_stats(values, batch)).cpu())
+                picked = _values_at_positions(values, batch["loss_mask"], self.ranking_positions)  # (b, S, G)
+                gathered = self.accelerator.gather_for_metrics((picked, batch["targets"], batch["index"]))
+                for store, tensor in zip((at_blocks, targets, index), gathered):
+                    store.append(tensor.cpu())
         self.model.train()
-        return _summarize(torch.cat(stats), self.objectives)
+        summary = _summarize(torch.cat(stats), self.objectives)
+        summary["ranking"] = _ranking_summary(
+            torch.cat(at_blocks), torch.cat(targets), torch.cat(index), self.prompt_of, self.ranking_positions,
+            self.objectives,
+        )
+        return summary
 
 
 def _normalized_targets(head: MultiValueHead, records, objectives, train_idx) -> torch.Tensor:
@@ -357,7 +444,7 @@ def _setup(head, records, policy, objectives, config: ValueTrainingConfig, accel
     targets = _normalized_targets(head, records, objectives, train_idx)
     examples = [
         _Example(input_ids=list(r["prompt_ids"]) + list(r["response_ids"]), prompt_len=len(r["prompt_ids"]),
-                 target=targets[i].tolist())
+                 target=targets[i].tolist(), index=i)
         for i, r in enumerate(records)
     ]
     pad_id = 0  # right padding, masked out everywhere
@@ -386,8 +473,9 @@ def _setup(head, records, policy, objectives, config: ValueTrainingConfig, accel
     frozen_policy = policy if (shared_trunk and not config.cache_hidden_states) else None
     if frozen_policy is not None:
         frozen_policy.requires_grad_(False)
+    block = config.ranking_block_size
     return _Run(head, model, optimizer, params, train_loader, val_loader, accelerator, list(objectives),
-                shared_trunk, frozen_policy, train_idx, val_idx)
+                shared_trunk, frozen_policy, train_idx, val_idx, [block, 2 * block], [r["prompt"] for r in records])
 
 
 def _fit(run: _Run, config: ValueTrainingConfig, show_progress: bool) -> ValueTrainingResult:
@@ -420,6 +508,7 @@ def _fit(run: _Run, config: ValueTrainingConfig, show_progress: bool) -> ValueTr
         result.val_mse, result.baseline_mse = best_summary["val_mse"], best_summary["baseline_mse"]
         result.val_mse_by_prefix = best_summary["val_mse_by_prefix"]
         result.baseline_mse_by_prefix = best_summary["baseline_mse_by_prefix"]
+        result.val_ranking = best_summary.get("ranking", {})
     result.warnings = _worse_than_constant(result)
     if run.accelerator.is_main_process:
         for message in result.warnings:
@@ -435,7 +524,13 @@ def _epoch_line(entry: dict, summary: dict | None, epochs: int, improved: bool) 
     per_objective = ", ".join(
         f"{name} {mse:.4g} (constant {summary['baseline_mse'][name]:.4g})" for name, mse in summary["val_mse"].items()
     )
-    return f"{line} | val MSE {per_objective} | mean {summary['val_mse_mean']:.4g}" + (" (best so far)" if improved else "")
+    ranking = summary.get("ranking") or {}
+    accuracy = next((k for k in ranking if k.startswith("pairwise_accuracy_t")), None)
+    ranked = "" if accuracy is None else " | within-prompt pair acc. t=" + accuracy.rsplit("_t", 1)[1] + " " + ", ".join(
+        f"{name} {value:.3g}" for name, value in ranking[accuracy].items()
+    )
+    return (f"{line} | val MSE {per_objective} | mean {summary['val_mse_mean']:.4g}{ranked}"
+            + (" (best so far)" if improved else ""))
 
 
 def _finish(run: _Run, result: ValueTrainingResult, records: RecordList, config, output_dir) -> None:
@@ -447,6 +542,7 @@ def _finish(run: _Run, result: ValueTrainingResult, records: RecordList, config,
         "baseline_mse": result.baseline_mse,
         "val_mse_by_prefix": result.val_mse_by_prefix,
         "baseline_mse_by_prefix": result.baseline_mse_by_prefix,
+        **result.val_ranking,  # within-prompt Spearman / pairwise accuracy at t = B, 2B: rows of the card's table
         "best_epoch": result.best_epoch,
         "units": "normalised reward (per-objective z-score of the train split)",
     }
