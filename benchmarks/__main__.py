@@ -4,6 +4,8 @@
     python -m benchmarks --quick              # tiny random Llama, reduced settings (well under a minute)
     python -m benchmarks --only vs_sampling,vs_uniform --reps 5
     python -m benchmarks --full-grid          # every vs_sampling setting of K, B, T, batch (slow)
+    python -m benchmarks --only compiled      # static cache + torch.compile: RMOD vs eager RMOD vs generate
+    python -m benchmarks --device cuda --dtype bfloat16 --only vs_sampling,solver   # on a GPU (gpu_check.sh)
 
 See docs/benchmarks.md for what each section measures.
 """
@@ -35,6 +37,12 @@ def _parse_args(argv: list[str] | None):
                         help=f"comma-separated sections to run, from: {','.join(SECTIONS)}")
     parser.add_argument("--full-grid", action="store_true",
                         help="vs_sampling over K in {4,16}, B in {4,16}, T in {128,256}, batch in {1,8}")
+    parser.add_argument("--device", type=str, default="cpu", help="where the policy runs (default cpu; e.g. cuda)")
+    parser.add_argument("--dtype", type=str, default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="policy weight dtype (default float32)")
+    parser.add_argument("--random-weights", action="store_true",
+                        help="SmolLM2-135M's architecture with random weights and random 32-token prompts (no GGUF "
+                             "file or tokenizer needed; same compute per token)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON file (default {DEFAULT_OUTPUT})")
     args = parser.parse_args(argv)
     if args.threads < 1:
@@ -89,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     load_before = load_average()
-    log(f"loading the policy ({'tiny random Llama' if args.quick else 'SmolLM2-135M-Instruct'}) ...")
-    setup = load_setup(args.quick)
+    log(f"loading the policy ({'tiny random Llama' if args.quick else 'SmolLM2-135M-Instruct'}, {args.dtype}, "
+        f"{args.device}) ...")
+    setup = load_setup(args.quick, device=args.device, dtype=args.dtype, random_weights=args.random_weights)
     ctx = Context(setup=setup, reps=args.reps, full_grid=args.full_grid, threads=args.threads, log=log)
 
     rows, section_seconds, errors = [], {}, {}
@@ -101,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
             "finished": finished,
             "quick": args.quick,
             "model": setup.name,
+            "device": args.device,
+            "dtype": args.dtype,
+            "random_weights": args.random_weights,
             "reps": args.reps,
             "full_grid": args.full_grid,
             "sections": args.sections,

@@ -46,6 +46,7 @@ class Setup:
     tokenizer: Any
     name: str
     quick: bool
+    device: torch.device = torch.device("cpu")
 
     @property
     def vocab_size(self) -> int:
@@ -54,12 +55,14 @@ class Setup:
     def prompts(self, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(batch, P) left-padded prompt ids and attention mask."""
         if self.tokenizer is None:
-            return tiny_prompts(batch, seed=seed)
+            ids, mask = tiny_prompts(batch, seed=seed, vocab=self.vocab_size,
+                                     length=8 if self.quick else RANDOM_PROMPT_LEN)
+            return ids.to(self.device), mask.to(self.device)
         from hf_rmod.defaults import build_chat_prompts
 
         texts = [CHAT_PROMPTS[(seed + i) % len(CHAT_PROMPTS)] for i in range(batch)]
         enc = build_chat_prompts(self.tokenizer, texts)
-        return enc["input_ids"], enc["attention_mask"]
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
 
 TINY_VOCAB = 97
@@ -82,10 +85,11 @@ def tiny_llama(seed: int = 0):
     return model.eval()
 
 
-def tiny_prompts(batch: int, length: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def tiny_prompts(batch: int, length: int = 8, seed: int = 0,
+                 vocab: int = TINY_VOCAB) -> tuple[torch.Tensor, torch.Tensor]:
     """Random (batch, length) prompt ids avoiding special tokens, with left padding on some rows."""
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, TINY_VOCAB, (batch, length), generator=g)
+    ids = torch.randint(3, vocab, (batch, length), generator=g)
     mask = torch.ones_like(ids)
     for b in range(batch):
         pad = b % 3
@@ -94,19 +98,51 @@ def tiny_prompts(batch: int, length: int = 8, seed: int = 0) -> tuple[torch.Tens
     return ids, mask
 
 
-def load_setup(quick: bool) -> Setup:
-    """Quick: a tiny random Llama. Full: SmolLM2-135M-Instruct (fp32) from `load_default_policy`."""
+# SmolLM2-135M-Instruct's architecture, as read from the embedded GGUF (AutoConfig.from_pretrained(..., gguf_file=)).
+SMOLLM2_135M_SHAPE = dict(
+    hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+    vocab_size=49152, max_position_embeddings=8192, rms_norm_eps=1e-5, tie_word_embeddings=True,
+    rope_parameters={"rope_theta": 100000.0, "rope_type": "default"}, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+)
+RANDOM_PROMPT_LEN = 32  # about the length of the chat-templated CHAT_PROMPTS in SmolLM2's tokenizer
+
+
+def smollm2_shaped_random(seed: int = 0):
+    """SmolLM2-135M's architecture with random weights: the same compute per token, no 98 MB GGUF file.
+
+    For machines the GGUF cannot reach (a lent GPU takes at most 64 MiB of files per call): token throughput does
+    not depend on the weights' values, and the benchmarks sample fixed lengths without EOS.
+    """
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(**SMOLLM2_135M_SHAPE))
+    model.generation_config.pad_token_id = 2
+    model.generation_config.eos_token_id = 2
+    return model.eval()
+
+
+def load_setup(quick: bool, device: str = "cpu", dtype: str = "float32", random_weights: bool = False) -> Setup:
+    """Quick: a tiny random Llama. Full: SmolLM2-135M-Instruct from `load_default_policy`, on `device` in `dtype`;
+    with `random_weights`, SmolLM2-135M's architecture with random weights and random prompt ids."""
     import hf_rmod
 
+    torch_dtype = getattr(torch, dtype)
     if quick:
-        model, tokenizer, name = tiny_llama(), None, "tiny random Llama (2 layers, hidden 64, vocab 97)"
+        model, tokenizer = tiny_llama().to(device=device, dtype=torch_dtype), None
+        name = f"tiny random Llama (2 layers, hidden 64, vocab 97), {dtype}"
+    elif random_weights:
+        model, tokenizer = smollm2_shaped_random().to(device=device, dtype=torch_dtype), None
+        name = f"SmolLM2-135M architecture, random weights, {RANDOM_PROMPT_LEN}-token prompts, {dtype}"
     else:
         from hf_rmod.defaults import DEFAULT_POLICY, load_default_policy
 
-        model, tokenizer = load_default_policy()
-        name = f"{DEFAULT_POLICY}, fp32"
+        model, tokenizer = load_default_policy(device=device, torch_dtype=torch_dtype)
+        name = f"{DEFAULT_POLICY}, {dtype}"
+    if torch.device(device).type != "cpu":
+        name += f", {device}"
     hf_rmod.enable(model)
-    return Setup(model=model, tokenizer=tokenizer, name=name, quick=quick)
+    return Setup(model=model, tokenizer=tokenizer, name=name, quick=quick, device=torch.device(device))
 
 
 def shared_trunk_head(model, seed: int = 0):
@@ -150,9 +186,17 @@ def rmod_config(head, K: int, B: int, weights: str = "robust"):
 
 
 # ---------------------------------------------------------------------------------------------- timing
+def _device_sync() -> None:
+    """Wait for queued GPU work, so that wall times cover it (a no-op on CPU-only runs)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    _device_sync()
     start = time.perf_counter()
     out = fn()
+    _device_sync()
     return time.perf_counter() - start, out
 
 

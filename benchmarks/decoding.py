@@ -266,7 +266,7 @@ def own_backbone(ctx: Context) -> list[Row]:
     """Own-backbone GPT2-style value model: re-encoding every candidate each block vs its KV cache."""
     s = _default(ctx.quick, Setting(16, 16, 128, 1))
     ctx.log(f"  own_backbone {s}")
-    head = own_backbone_head(ctx.setup.vocab_size, ctx.quick)
+    head = own_backbone_head(ctx.setup.vocab_size, ctx.quick).to(ctx.setup.device)
     cached, cached_warm = _rmod_fn(ctx, s, head=head), _rmod_fn(ctx, s, head=head, T=s.B)
     reencoded = _rmod_fn(ctx, s, head=head, scorer_factory=reencoding_scorer_factory)
     reencoded_warm = _rmod_fn(ctx, s, head=head, T=s.B, scorer_factory=reencoding_scorer_factory)
@@ -417,12 +417,74 @@ def _memory_child(spec: dict) -> dict:
             "shape": list(out.shape)}
 
 
+# ---------------------------------------------------------------------------------------------- compiled
+def compiled_settings(ctx: Context) -> Setting:
+    return Setting(2, 4, 8, 1) if ctx.quick else Setting(8, 16, 64, 2)
+
+
+def _compile_config(ctx: Context):
+    """generate's CompileConfig for this run: inductor (CUDA graphs on CUDA); the eager backend with --quick."""
+    from transformers import CompileConfig
+
+    if ctx.quick:  # checks the plumbing in seconds: inductor needs ~50 s to compile even the tiny model
+        cc = CompileConfig(backend="eager", mode=None)
+    elif ctx.setup.device.type == "cuda":
+        cc = CompileConfig()  # inductor, mode="reduce-overhead": CUDA graphs
+    else:
+        cc = CompileConfig(mode="default")  # CUDA graphs do not exist on the CPU
+    cc._compile_all_devices = True  # transformers compiles on accelerators only unless asked
+    return cc
+
+
+def compiled(ctx: Context) -> list[Row]:
+    """Static cache + compiled forward: RMOD vs plain `generate` with the same compile settings, and vs eager RMOD."""
+    s = compiled_settings(ctx)
+    cc = _compile_config(ctx)
+    model = ctx.setup.model
+    ids, mask = _prompts(ctx, s)
+    cfg = rmod_config(ctx.head, s.K, s.B)
+    static = dict(cache_implementation="static", compile_config=cc)
+
+    def rmod_compiled(T=s.T):
+        return model.generate(ids, attention_mask=mask, rmod_config=cfg, **static, **fixed_length_kwargs(T))
+
+    def gen_compiled(T=s.T):
+        return model.generate(ids, attention_mask=mask, num_return_sequences=s.K, **static, **fixed_length_kwargs(T))
+
+    def rmod_eager(T=s.T):
+        return model.generate(ids, attention_mask=mask, rmod_config=cfg, **fixed_length_kwargs(T))
+
+    # compile outside the timed runs; the static caches are sized once (max_length of the longest run)
+    compile_s = {}
+    for label, fn in (("RMOD compiled", rmod_compiled), ("generate compiled", gen_compiled)):
+        ctx.log(f"  compiling: {label} {s}")
+        t, _ = timed(seeded(fn))
+        compile_s[label] = t
+    ctx.raw["compiled"] = {"compile_config": {k: str(v) for k, v in cc.to_dict().items()},
+                           "first_call_s": compile_s}
+    rows = []
+    ctx.log(f"  compiled: RMOD vs generate {s}")
+    res = alternate(seeded(rmod_compiled), seeded(gen_compiled), ctx.reps, warmup_a=seeded(rmod_compiled),
+                    warmup_b=seeded(gen_compiled), log=ctx.log,
+                    check=_token_check(ctx, s, {"A": s.batch, "B": s.batch * s.K}))
+    rows.append(_row("compiled", s, "RMOD compiled", "generate compiled", res, "<= 1.0",
+                     first_call_s=compile_s, backend=str(cc.backend), mode=str(cc.mode)))
+    ctx.log(f"  compiled: RMOD compiled vs RMOD eager {s}")
+    res = alternate(seeded(rmod_compiled), seeded(rmod_eager), ctx.reps, warmup_a=seeded(rmod_compiled),
+                    warmup_b=seeded(lambda: rmod_eager(s.B)), log=ctx.log,
+                    check=_token_check(ctx, s, {"A": s.batch, "B": s.batch}))
+    rows.append(_row("compiled", s, "RMOD compiled", "RMOD eager", res, "report",
+                     backend=str(cc.backend), mode=str(cc.mode)))
+    return rows
+
+
 # Run order: the cheap sections first, the naive baseline (by far the slowest) last.
 SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "vs_sampling": vs_sampling,
     "vs_uniform": vs_uniform,
     "latency": latency,
     "solver": solver,
+    "compiled": compiled,
     "own_backbone": own_backbone,
     "memory": memory,
     "vs_naive": vs_naive,

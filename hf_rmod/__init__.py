@@ -34,6 +34,7 @@ _EXPORTS = {
     "RMODConfig": "config",
     "Scorer": "scoring",
     "make_scorer": "scoring",
+    "RewardValueModel": "reward_values",
     "MultiValueHead": "modeling_value_head",
     "MultiValueHeadConfig": "configuration_value_head",
     "MultiValueHeadOutput": "modeling_value_head",
@@ -73,6 +74,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .generation import RMODOutput, RobustMultiObjectiveGenerator, enable, generate, is_enabled
     from .metrics import MetricSummary, bootstrap_ci, mean_rewards, summarize, worst_case_reward, worst_case_win_rate
     from .modeling_value_head import MultiValueHead, MultiValueHeadOutput
+    from .reward_values import RewardValueModel
     from .rewards import HFRewardModel, RewardFunction, load_reward_functions, score_rewards
     from .scoring import Scorer, make_scorer
     from .solver import SolverResult, solve_weights

@@ -38,7 +38,9 @@ class RMODConfig:
             first time it is needed (see `value_model_kwargs`) and reused by later calls; the config itself
             is never changed by decoding. A string that looks like a local path (starts with ``.``, ``/``
             or ``~``, has more than one ``/``, or ``first/rest`` where ``./first`` exists) must exist:
-            otherwise `FileNotFoundError` is raised here, without asking the Hub.
+            otherwise `FileNotFoundError` is raised here, without asking the Hub. A
+            `hf_rmod.RewardValueModel` (reward functions scored on the decoded partial response, no
+            training) works too.
         num_candidates (`int`, defaults to 16):
             K, the number of candidate blocks sampled from the reference policy per block. With K > 1,
             ``generate`` must sample (``do_sample=True``): greedy candidates would all be the same block.

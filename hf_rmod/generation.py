@@ -23,14 +23,20 @@ How values are computed is pluggable: ``RobustMultiObjectiveGenerator(scorer_fac
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import threading
+import warnings
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 from transformers import GenerationMixin
+from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
+from transformers.generation import logits_process as _lp
 from transformers.utils import ModelOutput
 
 from . import solver as _solver
@@ -110,16 +116,45 @@ def load_value_model(name: str, **kwargs) -> MultiValueHead:
 
 
 def _resolve_value_model(cfg: RMODConfig, policy) -> MultiValueHead:
-    """The config's value head, ready for `policy` (loaded when `cfg.value_model` is a path; `cfg` is not changed)."""
+    """The config's value head, ready for `policy` (loaded when `cfg.value_model` is a path; `cfg` is not changed).
+
+    A head RMOD loaded itself (a path or Hub id) is placed where its inputs are: a shared-trunk head on the
+    device of the policy's ``lm_head`` (with ``device_map`` that is the last shard, not ``policy.device``), a
+    backbone head on the device of the policy's inputs. A head object the caller built is never moved: the
+    scorers move the small per-block tensors to it and the values back (see `hf_rmod.scoring`).
+    """
     head = cfg.value_model
-    if isinstance(head, str):
+    owned = isinstance(head, str)
+    if owned:
         head = load_value_model(head, **cfg.value_model_kwargs)
+    if not isinstance(head, MultiValueHead):  # e.g. hf_rmod.reward_values.RewardValueModel: builds its own scorer
+        return head
     if cfg.value_tokenizer is None:  # re-tokenising value models never see the policy's ids or states
-        head.check_compatible(policy)
-    if head.device != policy.device:
-        head.to(policy.device)
+        head.check_compatible(policy, tokenizer=cfg.tokenizer)
+    target = _scoring_device(head, policy)
+    if owned:
+        if head.device != target:
+            head.to(target)
+    elif head.device != target and head.device.type == "cpu" and target.type != "cpu":
+        warnings.warn(
+            f"The value model is on the CPU while the policy's "
+            f"{'lm_head' if head.uses_policy_hidden_states else 'inputs'} are on {target}: RMOD scores on the value model's device and copies each block's inputs there. Move it "
+            f"once with `head.to({str(target)!r})` for speed.",
+            stacklevel=4,
+        )
     head.eval()
     return head
+
+
+def _scoring_device(head: MultiValueHead, policy) -> torch.device:
+    """Where a value model's inputs live: the lm_head's device (shared trunk) or the policy's input device."""
+    if head.uses_policy_hidden_states:
+        get_out = getattr(policy, "get_output_embeddings", None)
+        lm_head = get_out() if callable(get_out) else None
+        weight = getattr(lm_head, "weight", None)
+        if isinstance(weight, torch.Tensor):
+            return weight.device
+    return policy.device
 
 
 def _check_sampling(generation_config, cfg: RMODConfig) -> None:
@@ -132,24 +167,219 @@ def _check_sampling(generation_config, cfg: RMODConfig) -> None:
         )
 
 
-def _index_rows(model_kwargs: dict, index: torch.Tensor, rows: int) -> dict:
+def _index_rows(model_kwargs: dict, index: torch.Tensor, rows: int, fixed_rows: bool = False) -> dict:
     """Select / expand the batch rows of the per-row tensors of `model_kwargs` and of the cache."""
     out = dict(model_kwargs)
     for key, value in model_kwargs.items():
         if key == "cache" and value is not None:
-            value.reorder_cache(index.to(_cache_device(value, index)))
+            _reorder_cache(value, index, fixed_rows)
         elif isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows:
             out[key] = value.index_select(0, index.to(value.device))
     return out
 
 
-def _cache_device(cache, default: torch.Tensor) -> torch.device:
+def _reorder_cache(cache, index: torch.Tensor, fixed_rows: bool) -> None:
+    """``cache.reorder_cache(index)``; static layers of a fixed-row (static) cache are reordered in place.
+
+    In place keeps the tensors' addresses (what a compiled / CUDA-graph forward was traced with) and avoids the
+    host sync of ``StaticLayer.reorder_cache`` (it tests ``get_seq_length() > 0``, a device tensor). Only the
+    first expansion (batch -> batch * K rows) allocates new tensors, which are marked static like the originals.
+    """
     layers = getattr(cache, "layers", None)
-    if layers:
-        keys = getattr(layers[0], "keys", None)
-        if isinstance(keys, torch.Tensor):
-            return keys.device
-    return default.device
+    if not fixed_rows or not layers:
+        cache.reorder_cache(index)
+        return
+    for layer in layers:
+        if type(layer) not in (StaticLayer, StaticSlidingWindowLayer):
+            layer.reorder_cache(index)
+            continue
+        if not getattr(layer, "is_initialized", False):
+            continue
+        idx = index.to(layer.keys.device)
+        if layer.keys.shape[0] == idx.shape[0]:
+            layer.keys.copy_(layer.keys.index_select(0, idx))
+            layer.values.copy_(layer.values.index_select(0, idx))
+        else:
+            layer.keys = layer.keys.index_select(0, idx)
+            layer.values = layer.values.index_select(0, idx)
+            layer.batch_size = idx.shape[0]
+            torch._dynamo.mark_static_address(layer.keys)
+            torch._dynamo.mark_static_address(layer.values)
+
+
+def _uses_static_cache(cache) -> bool:
+    """A cache with fixed-shape (static) layers: RMOD then keeps a fixed number of rows for the whole call."""
+    return any(isinstance(layer, StaticLayer) for layer in getattr(cache, "layers", None) or ())
+
+
+def _static_cache_with_room(model, cache, generation_config, batch: int):
+    """A static cache that holds ``max_length`` positions (``generate`` sizes it for ``max_length - 1``).
+
+    RMOD feeds the last sampled token too (its value is read from the forward that consumes it), so it needs one
+    position more than ``generate``. A cache ``generate`` built is rebuilt larger; a cache the caller passed that
+    is too small is an error.
+    """
+    need = generation_config.max_length
+    full = [layer.max_cache_len for layer in cache.layers if isinstance(layer, StaticLayer) and not layer.is_sliding]
+    if not full or min(full) >= need:
+        return cache
+    if getattr(cache, "_is_user_defined", False):
+        raise ValueError(
+            f"The static cache passed as `cache` holds {min(full)} positions, but RMOD needs prompt + max_new_tokens "
+            f"= {need} (one more than `generate`: it also feeds the last sampled token to score it). Pass "
+            f"StaticCache(config=model.config, max_cache_len={need}) or larger, or use cache_implementation='static'."
+        )
+    prepare = getattr(model, "_prepare_static_cache", None)
+    if callable(prepare):
+        return prepare(
+            cache_implementation=generation_config.cache_implementation or "static",
+            batch_size=batch,
+            max_cache_len=need,
+            prefill_chunk_size=getattr(generation_config, "prefill_chunk_size", None),
+            model_kwargs={},
+        )
+    from transformers import StaticCache
+
+    return StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=need)
+
+
+def _rmod_forward(model, **model_inputs):
+    """One policy forward; compiled by `_compiled_call` (its own code object, so its own torch.compile cache)."""
+    return model(**model_inputs)
+
+
+def _compiled_call(model, compile_config):
+    """RMOD's own ``torch.compile`` of a policy forward, with ``generate``'s settings (its ``compile_config``).
+
+    Not ``generate``'s ``get_compiled_call``: a graph that plain ``generate`` traced without RMOD's forward
+    pre-hook on ``lm_head`` would be reused without it (torch.compile does not guard on module hooks by default)
+    and the shared-trunk scorer would never see a hidden state. Compiling `_rmod_forward` gives RMOD graphs of
+    its own, always traced with the hook.
+    """
+    if compile_config is None:
+        default = getattr(model, "_default_compile_config", None)
+        from transformers import CompileConfig
+
+        compile_config = default() if callable(default) else CompileConfig()
+    cached = _COMPILED_CALLS.get(model)
+    if cached is None or cached[0] != compile_config:
+        cached = (copy.deepcopy(compile_config), torch.compile(_rmod_forward, **compile_config.to_dict()))
+        _COMPILED_CALLS[model] = cached  # weak key: not copied or pickled with the model, freed with it
+    return functools.partial(cached[1], model)
+
+
+_COMPILED_CALLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _host_syncs_are_cheap(device: torch.device) -> bool:
+    """On the CPU reading a tensor value costs nothing; on an accelerator it stalls the queue of launched kernels.
+
+    The loop checks "has every row finished?" after each token only where this is True; elsewhere it reads the
+    device once per block. Tests replace this function to count the syncs of the accelerator path on the CPU.
+    """
+    return device.type == "cpu"
+
+
+# ------------------------------------------------------------------------------------ batch-indexed processors
+_REFUSED_PROCESSORS = tuple(
+    (cls, why)
+    for name, why in (
+        ("UnbatchedClassifierFreeGuidanceLogitsProcessor",
+         "`guidance_scale` / `negative_prompt_ids` (classifier-free guidance keeps its own per-prompt unconditional "
+         "context and KV cache, which cannot follow RMOD's K candidate rows per prompt)"),
+        ("ClassifierFreeGuidanceLogitsProcessor",
+         "classifier-free guidance (it pairs row i with row i + batch/2, which RMOD's candidate rows break)"),
+        ("SynthIDTextWatermarkLogitsProcessor",
+         "SynthID watermarking (it keeps per-row n-gram state between calls, which RMOD's row expansion and "
+         "selection would scramble)"),
+    )
+    if (cls := getattr(_lp, name, None)) is not None
+)
+_MAPPED_PROCESSORS = tuple(
+    cls
+    for name in ("PrefixConstrainedLogitsProcessor", "EncoderRepetitionPenaltyLogitsProcessor",
+                 "EncoderNoRepeatNGramLogitsProcessor")
+    if (cls := getattr(_lp, name, None)) is not None
+)
+
+
+class _RowMap:
+    """Which of ``generate``'s batch rows each current candidate row belongs to (updated once per block, host side)."""
+
+    def __init__(self, batch: int):
+        self.batch = batch
+        self.rows: list[int] = list(range(batch))
+        self.version = 0
+
+    def update(self, slot_prompts: list[int], K: int) -> None:
+        self.rows = [p for p in slot_prompts for _ in range(K)]
+        self.version += 1
+
+
+class _RowMappedProcessor(_lp.LogitsProcessor):
+    """Runs a processor that indexes ``generate``'s batch with RMOD's rows mapped back to their prompts.
+
+    * ``PrefixConstrainedLogitsProcessor``: ``prefix_allowed_tokens_fn(batch_id, ids)`` receives the prompt's
+      ``batch_id`` (as with plain ``generate``: the index of the input prompt, ``num_return_sequences`` rows
+      sharing one id), whatever candidate row is being sampled.
+    * ``EncoderRepetitionPenaltyLogitsProcessor`` / ``EncoderNoRepeatNGramLogitsProcessor``: each row uses its
+      own prompt's ids.
+    """
+
+    def __init__(self, processor, row_map: _RowMap):
+        self.processor, self.row_map = processor, row_map
+        self._built, self._version = None, -1
+
+    def _inputs_index(self, n_inputs: int) -> list[int]:
+        per_input = max(1, self.row_map.batch // max(1, n_inputs))
+        return [b // per_input for b in self.row_map.rows]
+
+    def _build(self):
+        proc = self.processor
+        if isinstance(proc, _lp.PrefixConstrainedLogitsProcessor):
+            fn, beams, rows = proc._prefix_allowed_tokens_fn, proc._num_beams, self.row_map.rows
+
+            def mapped(row_id, sent):
+                return fn(rows[row_id] // beams, sent)
+
+            return _lp.PrefixConstrainedLogitsProcessor(mapped, num_beams=1)
+        built = copy.copy(proc)
+        if isinstance(proc, _lp.EncoderRepetitionPenaltyLogitsProcessor):
+            enc = proc.encoder_input_ids
+            index = torch.tensor(self._inputs_index(enc.shape[0]), device=enc.device)
+            built.encoder_input_ids = enc.index_select(0, index)
+        else:  # EncoderNoRepeatNGramLogitsProcessor
+            index = self._inputs_index(proc.batch_size)
+            built.generated_ngrams = [proc.generated_ngrams[i] for i in index]
+            built.batch_size = len(index)
+        return built
+
+    def __call__(self, input_ids, scores):
+        if self._version != self.row_map.version or self._built is None:
+            self._built, self._version = self._build(), self.row_map.version
+        return self._built(input_ids, scores)
+
+
+def _map_processors(logits_processor, batch: int):
+    """Refuse processors whose per-prompt state cannot follow RMOD's rows; map the batch-indexed ones.
+
+    Returns the processor list to use and the `_RowMap` to update each block (None when nothing is mapped).
+    """
+    for proc in logits_processor:
+        for cls, why in _REFUSED_PROCESSORS:
+            if isinstance(proc, cls):
+                raise ValueError(
+                    f"`{type(proc).__name__}` cannot be combined with `rmod_config`: {why}. "
+                    "Remove it for RMOD decoding."
+                )
+    if not any(isinstance(proc, _MAPPED_PROCESSORS) for proc in logits_processor):
+        return logits_processor, None
+    row_map = _RowMap(batch)
+    mapped = type(logits_processor)(
+        _RowMappedProcessor(proc, row_map) if isinstance(proc, _MAPPED_PROCESSORS) else proc
+        for proc in logits_processor
+    )
+    return mapped, row_map
 
 
 class RobustMultiObjectiveGenerator:
@@ -222,12 +452,24 @@ class RobustMultiObjectiveGenerator:
         K, B, G = cfg.num_candidates, cfg.block_size, len(names)
         batch, prompt_len = input_ids.shape
         max_new = generation_config.max_length - prompt_len
+        if isinstance(head, MultiValueHead):  # warns once if the head was trained on another sampling distribution
+            head.warn_if_sampling_differs(generation_config, max_new, model)
         pad_id = generation_config._pad_token_tensor
         has_eos = any(hasattr(c, "eos_token_id") for c in stopping_criteria)
         if has_eos and pad_id is None:
             raise ValueError("an EOS stopping criterion needs `pad_token_id` to pad finished candidates; set it.")
         do_sample = generation_config.do_sample
-        sync_every = 1 if device.type == "cpu" else 4
+        check_each_step = _host_syncs_are_cheap(device)
+        logits_processor, row_map = _map_processors(logits_processor, batch)
+
+        # A static cache has a fixed batch: every prompt keeps its K rows to the end (finished prompts are fed pad
+        # tokens, as `generate` does), the rows are reordered in place, and a compiled forward sees one shape.
+        fixed_rows = _uses_static_cache(model_kwargs.get("cache"))
+        forward = model
+        if fixed_rows:
+            model_kwargs["cache"] = _static_cache_with_room(model, model_kwargs["cache"], generation_config, batch)
+            if model._valid_auto_compile_criteria(model_kwargs, generation_config):
+                forward = _compiled_call(model, generation_config.compile_config)
 
         n_blocks_max = max(1, -(-max_new // B))
         weights_hist = torch.zeros(batch, n_blocks_max, G, device=device)  # (batch, n_blocks, G)
@@ -242,47 +484,61 @@ class RobustMultiObjectiveGenerator:
 
         scorer: Scorer = self.scorer_factory(head, model, cfg)
         try:
+            prompt_mask = model_kwargs.get("attention_mask")  # (batch, prompt_len) or None: no padding
+            check_inputs = getattr(scorer, "check_inputs", None)
+            if callable(check_inputs):  # e.g. a backbone value model's position limit, before any compute
+                check_inputs(input_ids, prompt_mask, max_new)
             with model._optimize_model_for_decode():
-                prompt_mask = model_kwargs.get("attention_mask")  # (batch, prompt_len) or None: no padding
                 outputs = model._prefill(input_ids, generation_config, model_kwargs)
                 model_kwargs = model._update_model_kwargs_for_generation(outputs, model_kwargs)
                 logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32, device=device)  # (batch, V)
                 del outputs
                 scorer.prefill(input_ids, prompt_mask)
 
-                active = torch.arange(batch, device=device)  # prompts still decoding
-                index = active.repeat_interleave(K)  # rows of the next block, into the current rows
+                # Slots: groups of K rows, one prompt each. Without a static cache the slots are the prompts still
+                # decoding; with one, every prompt keeps its slot and `live` says which still decode.
+                slot_prompts = list(range(batch))  # host: the prompt of each slot
+                live = list(range(batch))  # host: the live slots (all of them without a static cache)
+                live_t = torch.arange(batch, device=device)
+                active = live_t  # (n_live,) prompt of each live slot
+                index = live_t.repeat_interleave(K)  # rows of the next block, into the current rows
                 rows_now, ids, generated, n_blocks = batch, input_ids, 0, 0
                 while generated < max_new:
                     # ---- expand the chosen rows K times (one cache reorder) ----
-                    model_kwargs = _index_rows(model_kwargs, index, rows_now)
+                    model_kwargs = _index_rows(model_kwargs, index, rows_now, fixed_rows)
                     ids, logits = ids.index_select(0, index), logits.index_select(0, index)
                     scorer.reorder(index)
-                    rows_now = ids.shape[0]  # n_active * K
+                    rows_now = ids.shape[0]  # n_slots * K
+                    if row_map is not None:
+                        row_map.update(slot_prompts, K)
+                    n_slots, n_live = len(slot_prompts), len(live)
+                    live_rows = None if n_live == n_slots else (
+                        live_t[:, None] * K + torch.arange(K, device=device)).reshape(-1)  # (n_live * K,)
 
                     # ---- sample the candidate blocks ----
                     length = min(B, max_new - generated)
                     ids, logits, model_kwargs, unfinished, real = self._sample_block(
-                        model, ids, logits, model_kwargs, logits_processor, stopping_criteria, length, do_sample,
-                        has_eos, pad_id, scorer, sync_every,
+                        model, forward, ids, logits, model_kwargs, logits_processor, stopping_criteria, length,
+                        do_sample, has_eos, pad_id, scorer, check_each_step, live_rows,
                     )
                     length = real.shape[1]  # the block may end early when every row finished
                     block = ids[:, -length:]  # (rows, L)
 
                     # ---- score, solve, select ----
-                    n_act = active.shape[0]
-                    values = scorer.block_values(block, real).to(device).index_select(-1, obj_index)
-                    values = values.view(n_act, K, G)  # (n_act, K, G)
-                    w, gap = self._weights(values, cfg, fixed_w)  # (n_act, G)
-                    choice = self._select(values, w, cfg)  # (n_act,)
-                    chosen_rows = torch.arange(n_act, device=device) * K + choice  # (n_act,)
+                    values = scorer.block_values(block, real).to(device=device, dtype=torch.float32)
+                    values = values.index_select(-1, obj_index).view(n_slots, K, G)  # (n_slots, K, G)
+                    if live_rows is not None:
+                        values = values.index_select(0, live_t)  # (n_live, K, G)
+                    w, gap = self._weights(values, cfg, fixed_w)  # (n_live, G)
+                    choice = self._select(values, w, cfg)  # (n_live,)
+                    chosen_rows = live_t * K + choice  # (n_live,) rows of the current block
 
                     weights_hist[active, n_blocks] = w
                     values_hist[active, n_blocks] = values
                     chosen_hist[active, n_blocks] = choice
                     if gap is not None:
                         gap_hist[active, n_blocks] = gap
-                    chosen_block = block.index_select(0, chosen_rows)  # (n_act, L)
+                    chosen_block = block.index_select(0, chosen_rows)  # (n_live, L)
                     new_tokens[active, generated : generated + length] = chosen_block
                     new_len[active] = generated + real.index_select(0, chosen_rows).sum(-1)
                     if streamer is not None:
@@ -291,11 +547,25 @@ class RobustMultiObjectiveGenerator:
                     n_blocks += 1
 
                     # ---- keep the chosen rows of prompts that are not finished ----
-                    still = unfinished.index_select(0, chosen_rows)  # (n_act,)
-                    if generated >= max_new or not bool(still.any()):
+                    if generated >= max_new:
                         break
-                    active = active[still]
-                    index = chosen_rows[still].repeat_interleave(K)
+                    still = unfinished.index_select(0, chosen_rows).tolist()  # the one host read per block
+                    if not any(still):
+                        break
+                    keep = [i for i, s in enumerate(still) if s]
+                    keep_t = torch.tensor(keep, dtype=torch.long).to(device, non_blocking=True)
+                    if fixed_rows:  # every slot keeps K rows; a finished slot repeats its first row
+                        slot_rows = torch.arange(n_slots, device=device) * K
+                        slot_rows = slot_rows.index_copy(0, live_t, chosen_rows)
+                        index = slot_rows.repeat_interleave(K)
+                        live = [live[i] for i in keep]
+                        live_t = live_t.index_select(0, keep_t)
+                    else:
+                        slot_prompts = [slot_prompts[live[i]] for i in keep]
+                        live = list(range(len(keep)))
+                        index = chosen_rows.index_select(0, keep_t).repeat_interleave(K)
+                        live_t = torch.arange(len(keep), device=device)
+                    active = active.index_select(0, keep_t)
         finally:
             scorer.close()
 
@@ -318,25 +588,34 @@ class RobustMultiObjectiveGenerator:
 
     # ------------------------------------------------------------------------------------------
     @staticmethod
-    def _sample_block(model, ids, logits, model_kwargs, logits_processor, stopping_criteria, length, do_sample,
-                      has_eos, pad_id, scorer, sync_every):
+    def _sample_block(model, forward, ids, logits, model_kwargs, logits_processor, stopping_criteria, length,
+                      do_sample, has_eos, pad_id, scorer, check_each_step, live_rows=None):
         """Sample `length` tokens for every row (the same steps as ``generate``'s ``_sample``).
 
-        After each sampled token the token is fed to the policy, so that when the block ends the
-        cache, the next-token logits and the value scorer all include the whole block.
-        Returns the grown ids, next logits, model kwargs, the per-row unfinished flags and the
-        (rows, L) mask of real (non-padding) block tokens.
+        After each sampled token the token is fed to the policy (through `forward`, the model or its compiled
+        call), so that when the block ends the cache, the next-token logits and the value scorer all include
+        the whole block. `live_rows` (static cache only) lists the rows of prompts still decoding: only they
+        draw random numbers, so a run consumes the generator exactly as the dynamic-cache run does; the other
+        rows are fed padding. Returns the grown ids, next logits, model kwargs, the per-row unfinished flags
+        and the (rows, L) mask of real (non-padding) block tokens.
         """
         rows = ids.shape[0]
         unfinished = torch.ones(rows, dtype=torch.bool, device=ids.device)  # (rows,)
+        fill = 0 if pad_id is None else pad_id
+        if live_rows is not None:
+            unfinished = torch.zeros_like(unfinished).index_fill(0, live_rows, True)
         real_steps = []
         for step in range(length):
             scores = logits_processor(ids, logits)  # (rows, V)
+            live_scores = scores if live_rows is None else scores.index_select(0, live_rows)
             if do_sample:
-                probs = torch.nn.functional.softmax(scores, dim=-1)
+                probs = torch.nn.functional.softmax(live_scores, dim=-1)
                 tokens = torch.multinomial(probs, num_samples=1).squeeze(1)  # (rows,)
             else:
-                tokens = torch.argmax(scores, dim=-1)
+                tokens = torch.argmax(live_scores, dim=-1)
+            if live_rows is not None:
+                tokens = torch.full((rows,), fill, dtype=tokens.dtype, device=tokens.device).index_copy(
+                    0, live_rows, tokens)
             real = unfinished
             if has_eos:
                 tokens = torch.where(real, tokens, pad_id)
@@ -345,12 +624,12 @@ class RobustMultiObjectiveGenerator:
             unfinished = unfinished & ~stopping_criteria(ids, scores)
 
             model_inputs = model.prepare_inputs_for_generation(ids, next_sequence_length=1, **model_kwargs)
-            outputs = model(**model_inputs, return_dict=True)
+            outputs = forward(**model_inputs, return_dict=True)
             model_kwargs = model._update_model_kwargs_for_generation(outputs, model_kwargs)
             logits = outputs.logits[:, -1].to(copy=True, dtype=torch.float32, device=ids.device)
             del outputs
             scorer.observe(real)
-            if (step + 1) % sync_every == 0 and not bool(unfinished.any()):
+            if check_each_step and not bool(unfinished.any()):
                 break
         return ids, logits, model_kwargs, unfinished, torch.stack(real_steps, dim=1)  # real: (rows, L)
 

@@ -135,6 +135,9 @@ def policy_final_hidden_states(
 class PolicyHiddenStateScorer:
     """Scores candidates with a shared-trunk head on the policy's own final hidden state.
 
+    The hidden state stays where the policy's ``lm_head`` computed it (with a ``device_map`` that is the last
+    shard); only the (rows, H) states of each block are copied to the head's device, and the head is never moved.
+
     Args:
         head (`MultiValueHead`): a head with ``uses_policy_hidden_states == True``.
         policy (`PreTrainedModel`): the policy whose ``get_output_embeddings()`` is hooked.
@@ -157,17 +160,26 @@ class PolicyHiddenStateScorer:
 
     def observe(self, real: torch.Tensor) -> None:
         last = self._take_last()
-        self._kept = torch.where(real[:, None], last, self._kept)  # (rows, H)
+        self._kept = torch.where(real.to(last.device)[:, None], last, self._kept)  # (rows, H)
 
     def block_values(self, block_ids: torch.Tensor, block_real: torch.Tensor) -> torch.Tensor:
-        return self.head.score_hidden_states(self._kept)  # (rows, G_all) float32
+        return self.head.score_hidden_states(self._kept.to(self.head.device))  # (rows, G_all) float32
 
     def reorder(self, index: torch.Tensor) -> None:
-        self._kept = self._kept.index_select(0, index)
+        self._kept = self._kept.index_select(0, index.to(self._kept.device))
         self._capture.hidden = None
 
     def close(self) -> None:
         self._capture.close()
+
+
+def _max_positions(config) -> int | None:
+    """The longest sequence a model's position embeddings cover (``n_positions`` / ``max_position_embeddings``)."""
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 class CachedBackboneScorer:
@@ -194,6 +206,26 @@ class CachedBackboneScorer:
         self.head(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, cache=self.cache, use_cache=True)
         self.mask = mask
         self.next_pos = position_ids[:, -1] + 1
+
+    def check_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int) -> None:
+        """Refuse, before any compute, a call that would run past the backbone's position embeddings.
+
+        The cached scorer cannot left-truncate (its KV cache holds absolute positions), so the longest real prompt
+        plus ``max_new_tokens`` must fit ``n_positions`` / ``max_position_embeddings`` of the value model.
+        """
+        limit = _max_positions(self.head.backbone.config)
+        if limit is None:
+            return
+        prompt = input_ids.shape[1] if attention_mask is None else int(attention_mask.sum(-1).max())
+        if prompt + max_new_tokens > limit:
+            name = type(self.head.backbone).__name__
+            raise ValueError(
+                f"The value model's backbone ({name}) has {limit} positions, but the longest prompt ({prompt} tokens) "
+                f"plus max_new_tokens ({max_new_tokens}) needs {prompt + max_new_tokens}. Lower max_new_tokens to "
+                f"{max(limit - prompt, 0)} or shorten the prompts, or let RMOD re-tokenise and left-truncate to the "
+                "value model's window: RMODConfig(value_tokenizer=<its tokenizer>, tokenizer=<the policy's tokenizer>, "
+                f"value_max_length={limit})."
+            )
 
     def observe(self, real: torch.Tensor) -> None:
         pass
@@ -284,6 +316,8 @@ def make_scorer(head: MultiValueHead, policy: nn.Module, cfg=None) -> Scorer:
     The default ``scorer_factory`` of :class:`~hf_rmod.RobustMultiObjectiveGenerator`; `cfg` is the
     `RMODConfig` of the call (``value_tokenizer``, ``tokenizer``, ``value_max_length`` are read).
     """
+    if callable(getattr(head, "build_scorer", None)):  # a value model with its own scorer (RewardValueModel)
+        return head.build_scorer(policy, cfg)
     if head.uses_policy_hidden_states:
         if cfg is not None and cfg.value_tokenizer is not None:
             raise ValueError(
