@@ -470,7 +470,7 @@ def select_methods(spec: str, available: Sequence[Any]) -> list[Any]:
 
 
 def _run_evaluate(policy: PolicyArguments, args: EvaluationArguments, config: EvaluationConfig) -> int:
-    _check_local_paths(policy=policy.policy, value_head=args.value_head)
+    _check_local_paths(policy=policy.policy, value_head=args.value_head, value_tokenizer=args.value_tokenizer)
     prompts = _evaluation_prompts(args)
     rewards = None
     if args.reward:
@@ -496,8 +496,14 @@ def _run_evaluate(policy: PolicyArguments, args: EvaluationArguments, config: Ev
     model, tokenizer = _load_policy(policy, device)
     from .experiments.evaluation import evaluate
 
+    value_tokenizer = None
+    if args.value_tokenizer is not None:
+        from transformers import AutoTokenizer
+
+        value_tokenizer = AutoTokenizer.from_pretrained(args.value_tokenizer)
     result = evaluate(model, tokenizer, head, rewards, prompts, methods, config, output_dir=args.output_dir,
-                      accelerator=accelerator, show_progress=args.progress, policy_id=policy.policy)
+                      accelerator=accelerator, show_progress=args.progress, policy_id=policy.policy,
+                      value_tokenizer=value_tokenizer)
     if accelerator is None or accelerator.is_main_process:
         print(result.summary_md_path.read_text(encoding="utf-8"))
         print(f"results: {result.results_path}\nsummary: {result.summary_path}")

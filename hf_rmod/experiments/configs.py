@@ -349,6 +349,11 @@ class EvaluationArguments:
     value_head: Optional[str] = field(
         default=None, metadata={"help": "MultiValueHead folder (default: the shipped value head)."}
     )
+    value_tokenizer: Optional[str] = field(
+        default=None,
+        metadata={"help": "Tokenizer (folder or Hub id) of a value head on another vocabulary than the policy's: RMOD "
+                  "then re-tokenises the candidates' text for it (default: the head reads the policy's tokens)."},
+    )
     reward: Optional[list[str]] = field(
         default=None,
         metadata={"help": "Reward function per objective, repeatable: NAME=MODULE:CALLABLE, or NAME1,NAME2=MODULE:CALLABLE "

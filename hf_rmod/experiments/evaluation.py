@@ -112,6 +112,7 @@ def evaluate(
     accelerator=None,
     show_progress: bool = True,
     policy_id: str | None = None,
+    value_tokenizer: Any = None,
     **overrides: Any,
 ) -> EvaluationResult:
     """Generate with every method on every prompt, score, summarize and plot (resumable).
@@ -168,20 +169,24 @@ def evaluate(
     Returns:
         An :class:`EvaluationResult`.
 
+    ``value_tokenizer``: the tokenizer of a value model that does not share the policy's tokenizer (a backbone
+    head on another vocabulary); every RMOD method then re-tokenises the candidates' text for it
+    (``RMODConfig(value_tokenizer=..., tokenizer=<the policy's>)``, see :class:`~hf_rmod.RMODConfig`).
+
     Raises:
         ValueError / TypeError: empty prompts, duplicate or invalid methods, an objective the value head lacks,
             reserved ``generation_kwargs``, a tokenizer without a pad token or chat template, an ``output_dir``
             generated with other settings, an unknown keyword.
     """
     config = merge_config(EvaluationConfig, config, overrides, "evaluate")
-    run = _prepare(model, tokenizer, value_head, reward_fns, prompts, methods, config)
+    run = _prepare(model, tokenizer, value_head, reward_fns, prompts, methods, config, value_tokenizer)
     out_dir = Path(output_dir)
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
     is_main = accelerator is None or accelerator.is_main_process
     settings = _results.run_settings(
         config=config, generation_kwargs=run.sampling, world=world, policy=_results.describe_policy(model, policy_id),
-        value_head=_results.describe_value_head(value_head), rewards=run.rewards,
+        value_head=_results.describe_value_head(value_head, value_tokenizer), rewards=run.rewards,
     )
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -205,7 +210,8 @@ def evaluate(
 # ------------------------------------------------------------------------------------------------------------
 # checks (everything that can fail does so before any generation)
 # ------------------------------------------------------------------------------------------------------------
-def _prepare(model, tokenizer, value_head, reward_fns, prompts, methods, config: EvaluationConfig) -> _Run:
+def _prepare(model, tokenizer, value_head, reward_fns, prompts, methods, config: EvaluationConfig,
+             value_tokenizer: Any = None) -> _Run:
     """Validate the inputs and build the per-method RMOD configs and the sampling settings."""
     prompts = _check_prompts(prompts)
     methods = _check_methods(methods)
@@ -227,9 +233,11 @@ def _prepare(model, tokenizer, value_head, reward_fns, prompts, methods, config:
     if not_callable:
         raise TypeError(f"Reward function {not_callable[0]!r} is not callable; pass fn(prompts, responses) -> Tensor.")
     sampling = _sampling_kwargs(config, tokenizer, model)
-    rmod_configs = _rmod_configs(methods, value_head, config.max_new_tokens)
+    tokenizers = {"value_tokenizer": value_tokenizer, "tokenizer": tokenizer} if value_tokenizer is not None else {}
+    rmod_configs = _rmod_configs(methods, value_head, config.max_new_tokens, tokenizers)
     if any(cfg is not None for cfg in rmod_configs.values()):
-        value_head.check_compatible(model)
+        if value_tokenizer is None:  # re-tokenising value models read text, not the policy's ids
+            value_head.check_compatible(model)
         enable(model)
     return _Run(model, tokenizer, reward_fns, rewards, prompts, methods, config, sampling, rmod_configs,
                 eos_token_ids(model, tokenizer), module_device(model))
@@ -278,15 +286,17 @@ def _sampling_kwargs(config: EvaluationConfig, tokenizer, model) -> dict:
     return kwargs
 
 
-def _rmod_configs(methods: list[EvalMethod], value_head: MultiValueHead, max_new_tokens: int) -> dict:
-    """``{method name: RMODConfig or None}``; an objective or weight the value head cannot serve raises now."""
+def _rmod_configs(methods: list[EvalMethod], value_head: MultiValueHead, max_new_tokens: int,
+                  tokenizers: dict | None = None) -> dict:
+    """``{method name: RMODConfig or None}``; an objective or weight the value head cannot serve raises now.
+    ``tokenizers``: ``{"value_tokenizer": ..., "tokenizer": ...}`` for a value model on another tokenizer."""
     configs: dict[str, RMODConfig | None] = {}
     for method in methods:
         resolved = method.resolved_rmod(max_new_tokens)
         if resolved is None:
             configs[method.name] = None
             continue
-        cfg = RMODConfig(value_model=value_head, **resolved)
+        cfg = RMODConfig(value_model=value_head, **resolved, **(tokenizers or {}))
         try:
             names = [value_head.objectives[i] for i in cfg.resolve_objectives(value_head.objectives)]
             cfg.resolve_fixed_weights(names)

@@ -39,7 +39,7 @@ RESULTS_FILE = "results.jsonl"
 #: Settings of run.json a resumed run must share with the rows already written (dotted: one entry of a dict).
 _RUN_CHECKED = (
     "max_new_tokens", "generation_kwargs", "chat_template", "seed", "policy",
-    "value_head.objectives", "value_head.sha256", "rewards",
+    "value_head.objectives", "value_head.sha256", "value_head.value_tokenizer", "rewards",
 )
 
 
@@ -136,10 +136,13 @@ def describe_policy(model: Any, policy_id: str | None = None) -> str:
     return str(name) if name else f"<in-memory {type(model).__name__}>"
 
 
-def describe_value_head(value_head: Any) -> dict:
-    """``{"objectives", "sha256", "name_or_path"}`` of a value head; ``sha256`` hashes every tensor of its state dict
-    (names, dtypes, shapes and bytes, in name order), so two heads with the same weights match wherever they live."""
+def describe_value_head(value_head: Any, value_tokenizer: Any = None) -> dict:
+    """``{"objectives", "sha256", "name_or_path", "value_tokenizer"}`` of a value head; ``sha256`` hashes every
+    tensor of its state dict (names, dtypes, shapes and bytes, in name order), so two heads with the same weights
+    match wherever they live; ``value_tokenizer`` is the sha256 of the re-tokenising tokenizer (or ``None``)."""
     import torch
+
+    from ..configuration_value_head import tokenizer_fingerprint
 
     digest = hashlib.sha256()
     for name, tensor in sorted(value_head.state_dict().items()):
@@ -147,7 +150,9 @@ def describe_value_head(value_head: Any) -> dict:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     path = getattr(value_head, "name_or_path", None)
-    return {"objectives": list(value_head.objectives), "sha256": digest.hexdigest(), "name_or_path": path or None}
+    tok = None if value_tokenizer is None else tokenizer_fingerprint(value_tokenizer)["sha256"]
+    return {"objectives": list(value_head.objectives), "sha256": digest.hexdigest(), "name_or_path": path or None,
+            "value_tokenizer": tok}
 
 
 def describe_rewards(reward_fns: Any) -> list[dict]:
