@@ -50,6 +50,11 @@ _EXPORTS = {
     "summarize": "metrics",
     "worst_case_reward": "metrics",
     "worst_case_win_rate": "metrics",
+    "worst_objective_of_mean": "metrics",
+    "paired_comparison": "metrics",
+    "PairedComparison": "metrics",
+    "rewarded_soup": "baselines",
+    "mod_generate": "baselines",
 }
 
 __all__ = list(_EXPORTS)
@@ -72,9 +77,20 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .config import RMODConfig
     from .configuration_value_head import MultiValueHeadConfig
     from .generation import RMODOutput, RobustMultiObjectiveGenerator, enable, generate, is_enabled
-    from .metrics import MetricSummary, bootstrap_ci, mean_rewards, summarize, worst_case_reward, worst_case_win_rate
+    from .metrics import (
+        MetricSummary,
+        PairedComparison,
+        bootstrap_ci,
+        mean_rewards,
+        paired_comparison,
+        summarize,
+        worst_case_reward,
+        worst_case_win_rate,
+        worst_objective_of_mean,
+    )
     from .modeling_value_head import MultiValueHead, MultiValueHeadOutput
     from .reward_values import RewardValueModel
     from .rewards import HFRewardModel, RewardFunction, load_reward_functions, score_rewards
     from .scoring import Scorer, make_scorer
     from .solver import SolverResult, solve_weights
+    from .baselines import mod_generate, rewarded_soup

@@ -5,12 +5,18 @@ response each) scored on ``G`` objectives, as torch tensors, numpy arrays or nes
 ``method_rewards`` and ``reference_rewards`` must refer to the same prompts in the same order.
 
 - :func:`mean_rewards`: ``(G,)`` mean reward per objective.
-- :func:`worst_case_reward`: mean over prompts of ``min_g r_g``.
+- :func:`worst_case_reward`: mean over prompts of ``min_g r_g`` (the per-prompt minimum, averaged).
+- :func:`worst_objective_of_mean`: ``min_g`` of the mean over prompts of ``r_g``, and the objective ``g`` that
+  attains it (the quantity the paper's Figs. 2, 4b and 8b plot, naming the objective). It is never below
+  :func:`worst_case_reward` (a mean of minima is at most the minimum of means).
 - :func:`worst_case_win_rate`: fraction of prompts where the method's worst objective beats the
   reference response's worst objective, ``1[min_g r_g(x, y_method) > min_g r_g(x, y_ref)]``; ties
   count one half.
 - :func:`bootstrap_ci`: percentile bootstrap interval, resampling prompts (paired across arrays).
 - :func:`summarize`: every metric above with its interval, as a :class:`MetricSummary`.
+- :func:`paired_comparison`: a method against a baseline on the same prompts — the difference of both
+  worst-case metrics and the head-to-head worst-case win rate, with paired bootstrap intervals, as a
+  :class:`PairedComparison`.
 
 Note that ``min_g`` compares raw rewards across objectives, so the metrics depend on the reward
 scales (as in the paper); standardise rewards first if objectives live on different scales.
@@ -28,11 +34,14 @@ from ._utils import check_unique_names
 
 __all__ = [
     "MetricSummary",
+    "PairedComparison",
     "bootstrap_ci",
     "mean_rewards",
+    "paired_comparison",
     "summarize",
     "worst_case_reward",
     "worst_case_win_rate",
+    "worst_objective_of_mean",
 ]
 
 
@@ -91,6 +100,37 @@ def worst_case_reward(rewards: Any) -> float:
     return float(_as_reward_matrix(rewards, "rewards").min(axis=1).mean())
 
 
+def worst_objective_of_mean(rewards: Any) -> tuple[float, int]:
+    """Worst objective of the mean reward, ``min_g 1/n Σ_i r_{i,g}``, and the objective attaining it.
+
+    This is the paper's figure metric (Figs. 2, 4b, 8b report it and name the objective); compare
+    :func:`worst_case_reward`, the mean over prompts of the per-prompt minimum, which is never larger.
+
+    Args:
+        rewards: ``(n, G)`` rewards.
+
+    Returns:
+        ``(value, g)``: the smallest per-objective mean and its column index ``g`` (the first on ties).
+
+    Example:
+        >>> worst_objective_of_mean([[0.0, 2.0], [2.0, 0.0], [2.0, 1.0]])  # means (4/3, 1): objective 1
+        (1.0, 1)
+    """
+    means = _as_reward_matrix(rewards, "rewards").mean(axis=0)  # (G,)
+    g = int(np.argmin(means))
+    return float(means[g]), g
+
+
+def _worst_objective_of_mean_resamples(resampled: np.ndarray) -> np.ndarray:
+    """``(B, n, G) -> (B,)``: :func:`worst_objective_of_mean` of each resample (vectorised)."""
+    return resampled.mean(axis=1).min(axis=-1)
+
+
+def _worst_case_resamples(resampled: np.ndarray) -> np.ndarray:
+    """``(B, n, G) -> (B,)``: :func:`worst_case_reward` of each resample (vectorised)."""
+    return resampled.min(axis=-1).mean(axis=-1)
+
+
 def worst_case_win_rate(method_rewards: Any, reference_rewards: Any) -> float:
     """Worst-case win rate of a method against the reference responses.
 
@@ -115,6 +155,11 @@ def _win_scores(method: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """``(..., n, G), (..., n, G) -> (..., n)`` per-prompt score: 1 win, 0.5 tie, 0 loss."""
     m, r = method.min(axis=-1), reference.min(axis=-1)
     return (m > r).astype(np.float64) + 0.5 * (m == r)
+
+
+def _win_rate_resamples(method: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``(B, n, G), (B, n, G) -> (B,)``: :func:`worst_case_win_rate` of each resample (vectorised)."""
+    return _win_scores(method, reference).mean(axis=-1)
 
 
 def bootstrap_ci(
@@ -240,6 +285,11 @@ class MetricSummary:
         worst_case_win_rate_ci: ``(low, high)``.
         confidence: coverage level of the intervals.
         n_resamples: bootstrap resamples used.
+        worst_objective_of_mean: ``min_g`` of the method's mean reward per objective (the paper's figure
+            metric, :func:`worst_objective_of_mean`).
+        worst_objective_of_mean_ci: ``(low, high)``.
+        worst_objective: the objective attaining ``worst_objective_of_mean``.
+        reference_worst_objective_of_mean: the same for the reference responses.
     """
 
     objectives: list[str]
@@ -254,6 +304,10 @@ class MetricSummary:
     worst_case_win_rate_ci: tuple[float, float]
     confidence: float = 0.95
     n_resamples: int = 1000
+    worst_objective_of_mean: float | None = None
+    worst_objective_of_mean_ci: tuple[float, float] | None = None
+    worst_objective: str | None = None
+    reference_worst_objective_of_mean: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (tuples become lists)."""
@@ -272,6 +326,12 @@ class MetricSummary:
             f"  worst-case reward: {self.worst_case_reward:.4f} [{lo:.4f}, {hi:.4f}] "
             f"(reference {self.reference_worst_case_reward:.4f})"
         )
+        if self.worst_objective_of_mean is not None:
+            lo, hi = self.worst_objective_of_mean_ci
+            lines.append(
+                f"  worst objective of the mean: {self.worst_objective_of_mean:.4f} [{lo:.4f}, {hi:.4f}] "
+                f"({self.worst_objective}; reference {self.reference_worst_objective_of_mean:.4f})"
+            )
         lo, hi = self.worst_case_win_rate_ci
         lines.append(f"  worst-case win rate: {self.worst_case_win_rate:.4f} [{lo:.4f}, {hi:.4f}]")
         return "\n".join(lines)
@@ -307,6 +367,7 @@ def summarize(
         )
     ci = dict(n_resamples=n_resamples, confidence=confidence, seed=seed, vectorized=True)
     means = method.mean(axis=0)
+    worst_mean, worst_g = worst_objective_of_mean(method)
     mean_cis = {g: bootstrap_ci(_mean_of_resamples, method[:, j], **ci) for j, g in enumerate(objectives)}
     return MetricSummary(
         objectives=objectives,
@@ -315,10 +376,102 @@ def summarize(
         mean_rewards_ci=mean_cis,
         reference_mean_rewards={g: float(v) for g, v in zip(objectives, reference.mean(axis=0))},
         worst_case_reward=worst_case_reward(method),
-        worst_case_reward_ci=bootstrap_ci(lambda m: m.min(axis=-1).mean(axis=-1), method, **ci),  # (B, n, G) -> (B,)
+        worst_case_reward_ci=bootstrap_ci(_worst_case_resamples, method, **ci),
         reference_worst_case_reward=worst_case_reward(reference),
         worst_case_win_rate=worst_case_win_rate(method, reference),
-        worst_case_win_rate_ci=bootstrap_ci(lambda m, r: _win_scores(m, r).mean(axis=-1), method, reference, **ci),
+        worst_case_win_rate_ci=bootstrap_ci(_win_rate_resamples, method, reference, **ci),
+        confidence=confidence,
+        n_resamples=n_resamples,
+        worst_objective_of_mean=worst_mean,
+        worst_objective_of_mean_ci=bootstrap_ci(_worst_objective_of_mean_resamples, method, **ci),
+        worst_objective=objectives[worst_g],
+        reference_worst_objective_of_mean=worst_objective_of_mean(reference)[0],
+    )
+
+
+@dataclass
+class PairedComparison:
+    """A method against a baseline on the same prompts (:func:`paired_comparison`), with paired intervals.
+
+    Attributes:
+        n_prompts: number of prompts ``n`` both were evaluated on.
+        worst_case_difference: ``worst_case_reward(method) - worst_case_reward(baseline)``, i.e. the mean over
+            prompts of ``min_g method[i, g] - min_g baseline[i, g]``.
+        worst_case_difference_ci: ``(low, high)``.
+        worst_objective_of_mean_difference: ``worst_objective_of_mean(method) - worst_objective_of_mean(baseline)``
+            (each side takes its own worst objective).
+        worst_objective_of_mean_difference_ci: ``(low, high)``.
+        win_rate: head-to-head worst-case win rate, the share of prompts where the method's ``min_g`` beats the
+            baseline's (ties count 0.5; :func:`worst_case_win_rate`).
+        win_rate_ci: ``(low, high)``.
+        confidence: coverage level of the intervals.
+        n_resamples: bootstrap resamples used.
+    """
+
+    n_prompts: int
+    worst_case_difference: float
+    worst_case_difference_ci: tuple[float, float]
+    worst_objective_of_mean_difference: float
+    worst_objective_of_mean_difference_ci: tuple[float, float]
+    win_rate: float
+    win_rate_ci: tuple[float, float]
+    confidence: float = 0.95
+    n_resamples: int = 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-serialisable dict (intervals are tuples, written by ``json`` as lists)."""
+        return asdict(self)
+
+
+def paired_comparison(
+    method_rewards: Any,
+    baseline_rewards: Any,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int | None = 0,
+) -> PairedComparison:
+    """Differences of both worst-case metrics and the head-to-head win rate of a method over a baseline.
+
+    The intervals are **paired** percentile bootstraps: every resample draws prompts and applies them to both
+    reward matrices (:func:`bootstrap_ci`), so the prompt-to-prompt variation both share cancels in the
+    difference. With one prompt every resample is that prompt and each interval collapses to the point
+    estimate (a degenerate, zero-width interval, not an error).
+
+    Args:
+        method_rewards: ``(n, G)`` rewards of the method's responses.
+        baseline_rewards: ``(n, G)`` rewards of the baseline's responses to the same prompts, in the same order.
+        n_resamples, confidence, seed: see :func:`bootstrap_ci` (one seed for all intervals).
+
+    Returns:
+        A :class:`PairedComparison`.
+
+    Example:
+        >>> c = paired_comparison([[1.0, 2.0], [0.0, 3.0]], [[0.0, 1.0], [0.0, 0.0]], n_resamples=50)
+        >>> c.worst_case_difference, c.win_rate   # minima (1, 0) vs (0, 0): +0.5, one win and one tie
+        (0.5, 0.75)
+    """
+    method = _as_reward_matrix(method_rewards, "method_rewards")
+    baseline = _as_reward_matrix(baseline_rewards, "baseline_rewards")
+    if method.shape != baseline.shape:
+        raise ValueError(
+            f"`method_rewards` {method.shape} and `baseline_rewards` {baseline.shape} must have the same shape "
+            "(n prompts, G objectives), with rows for the same prompts in the same order."
+        )
+    ci = dict(n_resamples=n_resamples, confidence=confidence, seed=seed, vectorized=True)
+    return PairedComparison(
+        n_prompts=int(method.shape[0]),
+        worst_case_difference=float((method.min(axis=1) - baseline.min(axis=1)).mean()),
+        worst_case_difference_ci=bootstrap_ci(
+            lambda m, b: _worst_case_resamples(m) - _worst_case_resamples(b), method, baseline, **ci
+        ),
+        worst_objective_of_mean_difference=worst_objective_of_mean(method)[0] - worst_objective_of_mean(baseline)[0],
+        worst_objective_of_mean_difference_ci=bootstrap_ci(
+            lambda m, b: _worst_objective_of_mean_resamples(m) - _worst_objective_of_mean_resamples(b),
+            method, baseline, **ci,
+        ),
+        win_rate=float(_win_scores(method, baseline).mean()),
+        win_rate_ci=bootstrap_ci(_win_rate_resamples, method, baseline, **ci),
         confidence=confidence,
         n_resamples=n_resamples,
     )

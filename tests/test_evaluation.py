@@ -220,6 +220,47 @@ def test_summary_uses_common_prompts_and_no_reference(run):
         summarize_results(rows, OBJECTIVES, REWARD_MEAN, REWARD_STD, methods=["nope"])
 
 
+def test_summary_has_paired_comparisons_and_both_worst_case_metrics(run):
+    result, methods, rows = run
+    summary = result.summary
+    pairs = [(c["method"], c["baseline"]) for c in summary["comparisons"]]
+    for lam in ("0.5", "4"):  # RMOD against the reference, Best-of-K (same K), CD-g and UNIFORM (same K, B)
+        rmod = f"rmod_k2_b4_lam{lam}"
+        assert [b for m, b in pairs if m == rmod] == [
+            "reference", "best_of_k2", "cd_good_k2_b4", "cd_length_k2_b4", "uniform_k2_b4"]
+    assert [b for m, b in pairs if m == "uniform_k2_b4"] == ["reference"]
+    assert set(summary["head_to_head"]) == {m.name for m in methods}
+
+    def z(method):
+        picked = sorted((r for r in rows if r["method"] == method), key=lambda r: r["prompt_id"])
+        return (np.array([[r["rewards"][g] for g in OBJECTIVES] for r in picked]) - REWARD_MEAN) / REWARD_STD
+
+    wanted = ("rmod_k2_b4_lam0.5", "uniform_k2_b4")
+    (c,) = [c for c in summary["comparisons"] if (c["method"], c["baseline"]) == wanted]
+    expected = z("rmod_k2_b4_lam0.5").min(1).mean() - z("uniform_k2_b4").min(1).mean()
+    assert c["worst_case_difference"] == pytest.approx(expected)
+    m = summary["methods"]["best_of_k2"]
+    assert m["worst_objective_of_mean"] == pytest.approx(z("best_of_k2").mean(0).min())
+    assert m["worst_objective"] == OBJECTIVES[int(np.argmin(z("best_of_k2").mean(0)))]
+    md = result.summary_md_path.read_text()
+    assert "## Paired comparisons" in md and "| `rmod_k2_b4_lam4` | `uniform_k2_b4` |" in md
+    assert "## Head-to-head worst-case win rates" in md
+
+
+def test_rerun_with_every_row_present_only_resummarizes(parts, run, tmp_path):
+    """`evaluate` (and so `hf-rmod evaluate`) on a finished folder generates nothing and rewrites the summary."""
+    model, tokenizer, head = parts
+    result, methods, _ = run
+    out = tmp_path / "done"
+    shutil.copytree(result.output_dir, out)
+    for name in ("summary.json", "summary.md"):
+        (out / name).unlink()
+    again = evaluate(model, tokenizer, head, [good, length], PROMPTS, methods, output_dir=out, plots=False, **FAST)
+    assert again.num_generated == 0
+    assert json.loads((out / "summary.json").read_text())["comparisons"] == result.summary["comparisons"]
+    assert (out / "summary.md").read_text() == result.summary_md_path.read_text()
+
+
 def test_plots_are_written(run, tmp_path):
     result, _, rows = run
     assert set(result.plots) == {"worst_case_reward", "rewards_scatter", "lambda_ablation", "weight_trace"}

@@ -8,11 +8,14 @@ import torch
 
 from hf_rmod.metrics import (
     MetricSummary,
+    PairedComparison,
     bootstrap_ci,
     mean_rewards,
+    paired_comparison,
     summarize,
     worst_case_reward,
     worst_case_win_rate,
+    worst_objective_of_mean,
 )
 
 
@@ -144,3 +147,88 @@ def test_bootstrap_vectorized_in_chunks_is_the_same(monkeypatch):
     whole = bootstrap_ci(lambda a: a.min(-1).mean(-1), x, n_resamples=200, vectorized=True)
     monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 300)  # 3 resamples per chunk
     assert bootstrap_ci(lambda a: a.min(-1).mean(-1), x, n_resamples=200, vectorized=True) == whole
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# worst objective of the mean reward, paired comparisons
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_worst_objective_of_mean_differs_from_mean_of_minima():
+    # per-objective means (1, 1.5): the worst objective of the mean is objective 0 at 1.0; per-prompt minima (0, 0)
+    rewards = [[0.0, 3.0], [2.0, 0.0]]
+    assert worst_objective_of_mean(rewards) == (1.0, 0)
+    assert worst_case_reward(rewards) == 0.0
+    assert worst_objective_of_mean([[5.0, 1.0], [5.0, 2.0]]) == (1.5, 1)
+    assert worst_objective_of_mean([[1.0, 1.0]]) == (1.0, 0)  # ties: the first objective
+    rng = np.random.default_rng(8)
+    for _ in range(20):  # a mean of minima never exceeds the minimum of means
+        r = rng.normal(size=(30, 4))
+        assert worst_case_reward(r) <= worst_objective_of_mean(r)[0] + 1e-12
+
+
+def test_summarize_reports_the_worst_objective_of_mean():
+    rng = np.random.default_rng(9)
+    method = rng.normal(size=(60, 3)) + [0.5, -0.4, 0.3]  # objective 1 is the worst on average
+    s = summarize(method, np.zeros((60, 3)), ["x", "y", "z"], n_resamples=200)
+    assert s.worst_objective == "y"
+    assert s.worst_objective_of_mean == pytest.approx(method[:, 1].mean())
+    assert s.reference_worst_objective_of_mean == 0.0
+    lo, hi = s.worst_objective_of_mean_ci
+    assert lo < s.worst_objective_of_mean < hi
+    assert s.worst_objective_of_mean > s.worst_case_reward
+    assert "worst objective of the mean" in str(s) and "(y;" in str(s)
+
+
+def test_paired_comparison_planted_and_hand_checked():
+    rng = np.random.default_rng(10)
+    baseline = rng.normal(size=(100, 2))
+    method = baseline + rng.uniform(0.05, 0.5, size=(100, 1))  # better on every prompt, by a varying margin
+    c = paired_comparison(method, baseline, n_resamples=300)
+    assert isinstance(c, PairedComparison) and c.n_prompts == 100
+    assert c.worst_case_difference == pytest.approx(worst_case_reward(method) - worst_case_reward(baseline))
+    assert 0.0 < c.worst_case_difference_ci[0] < c.worst_case_difference < c.worst_case_difference_ci[1]
+    assert c.worst_objective_of_mean_difference == pytest.approx(
+        worst_objective_of_mean(method)[0] - worst_objective_of_mean(baseline)[0])
+    assert c.worst_objective_of_mean_difference_ci[0] > 0.0
+    assert c.win_rate == 1.0 and c.win_rate_ci == (1.0, 1.0)
+    # pairing cancels the prompt-to-prompt noise both share: the per-prompt difference is the margin alone, so
+    # the interval is much narrower than that of either method's worst-case reward
+    lo, hi = c.worst_case_difference_ci
+    base_lo, base_hi = bootstrap_ci(np.mean, baseline.min(1), n_resamples=300)
+    assert hi - lo < 0.5 * (base_hi - base_lo)
+    back = paired_comparison(baseline, method, n_resamples=300)
+    assert back.worst_case_difference == pytest.approx(-c.worst_case_difference) and back.win_rate == 0.0
+    assert back.worst_case_difference_ci == pytest.approx((-hi, -lo))
+    assert c.to_dict()["win_rate"] == 1.0
+    # against itself: zero difference on every resample, ties everywhere
+    same = paired_comparison(baseline, baseline.copy(), n_resamples=50)
+    assert same.worst_case_difference_ci == (0.0, 0.0) and same.win_rate == 0.5 and same.win_rate_ci == (0.5, 0.5)
+
+
+def test_new_metrics_are_invariant_to_permuting_prompts():
+    rng = np.random.default_rng(11)
+    m, b = rng.normal(size=(40, 3)), rng.normal(size=(40, 3))
+    perm = rng.permutation(40)
+    assert worst_objective_of_mean(m[perm])[1] == worst_objective_of_mean(m)[1]
+    assert worst_objective_of_mean(m[perm])[0] == pytest.approx(worst_objective_of_mean(m)[0])
+    c, cp = paired_comparison(m, b, n_resamples=50), paired_comparison(m[perm], b[perm], n_resamples=50)
+    for key in ("worst_case_difference", "worst_objective_of_mean_difference", "win_rate"):
+        assert getattr(cp, key) == pytest.approx(getattr(c, key))
+
+
+def test_new_metrics_bad_input_and_one_prompt():
+    with pytest.raises(ValueError, match="NaN"):
+        worst_objective_of_mean([[1.0, float("nan")]])
+    with pytest.raises(ValueError, match="NaN"):
+        paired_comparison([[1.0, 2.0]], [[float("inf"), 0.0]])
+    with pytest.raises(ValueError, match="same shape"):
+        paired_comparison(np.zeros((3, 2)), np.zeros((3, 1)))  # a missing objective
+    with pytest.raises(ValueError, match="empty"):
+        worst_objective_of_mean(np.zeros((0, 2)))
+    # one prompt: every resample is that prompt, so every interval is the point estimate (documented, no error)
+    c = paired_comparison([[1.0, 2.0]], [[0.0, 3.0]], n_resamples=20)
+    assert c.worst_case_difference == 1.0 and c.worst_case_difference_ci == (1.0, 1.0)
+    assert c.win_rate == 1.0 and c.win_rate_ci == (1.0, 1.0)
+    s = summarize([[1.0, 2.0]], [[0.0, 3.0]], ["a", "b"], n_resamples=20)
+    assert s.worst_objective_of_mean_ci == (1.0, 1.0) and s.worst_objective == "a"

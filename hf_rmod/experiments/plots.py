@@ -49,7 +49,8 @@ _KIND_COLOURS = {"reference": "tab:purple", "best_of_k": "tab:gray", "fixed_weig
 def write_plots(summary: Mapping, rows: Sequence[dict], output_dir: str | os.PathLike) -> dict[str, Path]:
     """Write the evaluation plots as PNG files; returns ``{name: path}`` of those written.
 
-    - ``worst_case_reward``: per-method worst-case reward (z) with its CI (paper Fig. 2).
+    - ``worst_case_reward``: per-method worst-case reward (z, bars) with its CI, and the worst objective of the
+      mean reward (diamonds, labelled with the objective attaining it) with its CI (paper Fig. 2).
     - ``rewards_scatter``: mean z-reward of the first two objectives per method, with CIs; the reference is a
       star (Fig. 3b). Only when ``G >= 2``.
     - ``lambda_ablation``: worst-case reward and win rate against λ for the RMOD methods of each (K, B), with
@@ -75,21 +76,42 @@ def _colour(method: Mapping) -> str:
 
 
 def _plot_worst_case(summary: Mapping):
-    """Fig. 2: one bar per method, worst-case z-reward with its CI; dashed line at the reference."""
+    """Fig. 2: one bar per method, worst-case z-reward with its CI; diamonds: worst objective of the mean; dashed
+    line at the reference."""
     methods, names, ref = summary["methods"], list(summary["methods"]), summary.get("reference_method")
     fig, axes = _figure(max(4.0, 0.6 * len(names) + 1.5), 3.8)
     ax = axes[0, 0]
     values = [methods[n]["worst_case_reward"] for n in names]
     errors = np.array([_err(methods[n]["worst_case_reward"], methods[n]["worst_case_reward_ci"]) for n in names])
-    ax.bar(range(len(names)), values, yerr=errors[:, :, 0].T, capsize=3, color=[_colour(methods[n]) for n in names])
+    x = np.arange(len(names)) - 0.12
+    ax.bar(x, values, width=0.55, yerr=errors[:, :, 0].T, capsize=3, color=[_colour(methods[n]) for n in names],
+           label="mean over prompts of min")
     if ref in methods:
         ax.axhline(methods[ref]["worst_case_reward"], color="k", lw=0.8, ls="--", label=f"{ref}")
-        ax.legend(loc="best", fontsize=8)
+    _mark_worst_objective_of_mean(ax, methods, names)
+    ax.legend(loc="best", fontsize=7)
     ax.axhline(0.0, color="k", lw=0.5)
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("worst-case reward (z)")
     ax.set_title(f"Worst-case reward, {summary['n_prompts']} prompts ({int(summary['confidence'] * 100)}% CI)")
     return fig
+
+
+def _mark_worst_objective_of_mean(ax, methods: Mapping, names: list[str]) -> None:
+    """Diamonds with CIs at each method's worst objective of the mean reward, labelled with that objective (the
+    paper's Fig. 2 names it above the bar); nothing for summaries written before the metric existed."""
+    if not all(methods[n].get("worst_objective_of_mean") is not None for n in names):
+        return
+    values = [methods[n]["worst_objective_of_mean"] for n in names]
+    errors = np.array([_err(methods[n]["worst_objective_of_mean"], methods[n]["worst_objective_of_mean_ci"])
+                       for n in names])
+    x = np.arange(len(names)) + 0.25  # beside the bar of the same method
+    ax.errorbar(x, values, yerr=errors[:, :, 0].T, fmt="D", ms=4, capsize=2, color="k",
+                label="min over objectives of mean")
+    for i, n in enumerate(names):  # the objective attaining it, above its interval
+        top = methods[n]["worst_objective_of_mean_ci"][1]
+        ax.annotate(methods[n]["worst_objective"], (x[i], max(top, values[i])), textcoords="offset points",
+                    xytext=(0, 3), ha="center", fontsize=7)
 
 
 def _plot_scatter(summary: Mapping):

@@ -1,7 +1,9 @@
 """The summary of an evaluation: per-method Section 6.1 metrics on normalised rewards, and its Markdown table.
 
 - :func:`reward_normalization`: the value head's ``reward_mean`` / ``reward_std`` of the scored objectives.
-- :func:`summarize_results`: rows -> ``summary.json`` content (bootstrap intervals by :mod:`hf_rmod.metrics`).
+- :func:`summarize_results`: rows -> ``summary.json`` content (bootstrap intervals by :mod:`hf_rmod.metrics`):
+  per-method metrics (both worst-case metrics), paired comparisons of each method against its baselines
+  (:func:`comparison_baselines`) and the head-to-head worst-case win rates of every pair of methods.
 - :func:`format_summary_markdown`: that dict -> ``summary.md``.
 """
 
@@ -14,10 +16,11 @@ import numpy as np
 
 from .. import metrics as _metrics
 from .._utils import check_unique_names
+from ..config import RMODConfig
 from .methods import method_kind
 from .results import dedup, load_results
 
-__all__ = ["format_summary_markdown", "reward_normalization", "summarize_results"]
+__all__ = ["comparison_baselines", "format_summary_markdown", "reward_normalization", "summarize_results"]
 
 
 def reward_normalization(value_head: Any, objectives: Sequence[str]) -> tuple[dict, dict]:
@@ -57,25 +60,33 @@ def _per_objective(values: Mapping[str, float] | Sequence[float], objectives: li
 
 
 def _group_rows(rows: list[dict], methods: list[str], objectives: list[str]) -> dict[str, dict[int, dict]]:
-    """``{method: {prompt_id: row}}`` for the wanted methods; every row must score every objective."""
+    """``{method: {prompt_id: row}}`` for the wanted methods; every row must score every objective, finitely."""
     by_method: dict[str, dict[int, dict]] = {m: {} for m in methods}
     for row in rows:
         if row["method"] in by_method:
+            where = f"Row (prompt_id {row['prompt_id']}, method {row['method']!r})"
             absent = [g for g in objectives if g not in row["rewards"]]
             if absent:
+                raise ValueError(f"{where} has no reward for {absent}; it has {sorted(row['rewards'])}.")
+            bad = {g: row["rewards"][g] for g in objectives if not _is_finite(row["rewards"][g])}
+            if bad:
                 raise ValueError(
-                    f"Row (prompt_id {row['prompt_id']}, method {row['method']!r}) has no reward for {absent}; "
-                    f"it has {sorted(row['rewards'])}."
+                    f"{where} has non-finite rewards {bad}; rescore that response or drop the row before summarizing."
                 )
             by_method[row["method"]][row["prompt_id"]] = row
     return by_method
 
 
-def _method_stats(rows: dict[int, dict], common: list[int], objectives: list[str], mean: np.ndarray,
-                  std: np.ndarray, reference_z: np.ndarray | None, ci: dict) -> dict:
-    """The summary entry of one method on the ``common`` prompts."""
-    raw = np.array([[rows[p]["rewards"][g] for g in objectives] for p in common], dtype=np.float64)  # (n, G)
-    z = (raw - mean) / std  # (n, G)
+def _is_finite(value: Any) -> bool:
+    try:
+        return bool(np.isfinite(float(value)))
+    except (TypeError, ValueError):
+        return False
+
+
+def _method_stats(rows: dict[int, dict], common: list[int], objectives: list[str], raw: np.ndarray,
+                  z: np.ndarray, reference_z: np.ndarray | None, ci: dict) -> dict:
+    """The summary entry of one method: its ``(n, G)`` raw rewards and z-scores on the ``common`` prompts."""
     stats = _metrics.summarize(z, reference_z if reference_z is not None else z, objectives, **ci)
     first = rows[common[0]]
     has_reference = reference_z is not None
@@ -87,6 +98,9 @@ def _method_stats(rows: dict[int, dict], common: list[int], objectives: list[str
         "mean_rewards_ci": {g: list(v) for g, v in stats.mean_rewards_ci.items()},
         "worst_case_reward": stats.worst_case_reward,
         "worst_case_reward_ci": list(stats.worst_case_reward_ci),
+        "worst_objective_of_mean": stats.worst_objective_of_mean,
+        "worst_objective_of_mean_ci": list(stats.worst_objective_of_mean_ci),
+        "worst_objective": stats.worst_objective,
         "worst_case_win_rate": stats.worst_case_win_rate if has_reference else None,
         "worst_case_win_rate_ci": list(stats.worst_case_win_rate_ci) if has_reference else None,
         "raw_mean_rewards": {g: float(v) for g, v in zip(objectives, raw.mean(axis=0))},
@@ -97,6 +111,87 @@ def _method_stats(rows: dict[int, dict], common: list[int], objectives: list[str
         "mean_new_tokens": float(np.mean([rows[p]["num_new_tokens"] for p in common])),
         "mean_seconds": float(np.mean([rows[p]["seconds"] for p in common])),
     }
+
+
+def _setting(method: Mapping, key: str) -> Any:
+    """A method's RMOD setting from its stored overrides, else the ``RMODConfig`` default."""
+    rmod = method.get("rmod") or {}
+    return rmod[key] if key in rmod else RMODConfig.__dataclass_fields__[key].default
+
+
+def comparison_baselines(methods: Mapping[str, Mapping], reference_method: str | None) -> dict[str, list[str]]:
+    """``{method: [baseline, ...]}``: what each summarized method is compared against, in summary order.
+
+    - every method other than the reference: the reference method (when it has rows);
+    - RMOD methods (kind ``rmod``) also: UNIFORM (kind ``uniform``) and every fixed-weight controlled decoding
+      (kind ``fixed_weights``, e.g. CD-``g``) with the same K (``num_candidates``) and B (``block_size``), and
+      robust Best-of-K (kind ``best_of_k``) with the same K.
+
+    Other pairs (e.g. RMOD at two λ, or UNIFORM against CD-``g``) appear in the head-to-head win rates only.
+
+    Args:
+        methods: ``{name: {"kind", "rmod"}}``, e.g. ``summary["methods"]``.
+        reference_method: the reference method's name (``None``: no reference comparisons).
+    """
+    out: dict[str, list[str]] = {}
+    for name, m in methods.items():
+        wanted = [reference_method] if reference_method in methods and name != reference_method else []
+        if m["kind"] == "rmod":
+            k, b = _setting(m, "num_candidates"), _setting(m, "block_size")
+            for other, o in methods.items():
+                if o["kind"] == "best_of_k" and _setting(o, "num_candidates") == k:
+                    wanted.append(other)
+                elif o["kind"] in ("uniform", "fixed_weights") and (
+                        _setting(o, "num_candidates"), _setting(o, "block_size")) == (k, b):
+                    wanted.append(other)
+        if wanted:
+            out[name] = wanted
+    return out
+
+
+def _comparisons(stats: Mapping[str, Mapping], z: Mapping[str, np.ndarray], reference_method: str | None,
+                 ci: dict) -> list[dict]:
+    """Paired comparisons (:func:`hf_rmod.metrics.paired_comparison`) of each method against its baselines."""
+    out = []
+    for name, baselines in comparison_baselines(stats, reference_method).items():
+        for base in baselines:
+            c = _metrics.paired_comparison(z[name], z[base], **ci)
+            out.append({
+                "method": name, "baseline": base, "baseline_kind": stats[base]["kind"], "n_prompts": c.n_prompts,
+                "worst_case_difference": c.worst_case_difference,
+                "worst_case_difference_ci": list(c.worst_case_difference_ci),
+                "worst_objective_of_mean_difference": c.worst_objective_of_mean_difference,
+                "worst_objective_of_mean_difference_ci": list(c.worst_objective_of_mean_difference_ci),
+                "win_rate": c.win_rate, "win_rate_ci": list(c.win_rate_ci),
+            })
+    return out
+
+
+def _head_to_head(z: Mapping[str, np.ndarray], ci: dict) -> dict[str, dict[str, dict]]:
+    """``{A: {B: {"win_rate", "win_rate_ci"}}}`` for every ordered pair A != B: A's ``min_g z_g`` beats B's."""
+    minima = {m: zm.min(axis=1, keepdims=True) for m, zm in z.items()}  # each (n, 1): the win rate only needs these
+    table: dict[str, dict[str, dict]] = {}
+    for a, ma in minima.items():
+        table[a] = {}
+        for b, mb in minima.items():
+            if a != b:
+                low_high = _metrics.bootstrap_ci(_metrics._win_rate_resamples, ma, mb, vectorized=True, **ci)
+                table[a][b] = {"win_rate": _metrics.worst_case_win_rate(ma, mb), "win_rate_ci": list(low_high)}
+    return table
+
+
+def _select(rows: list[dict], methods: Sequence[str] | None, objectives: list[str]) -> tuple[list, dict, list]:
+    """``(methods, {method: {prompt_id: row}}, common prompt ids)``; raises on unknown methods or no overlap."""
+    present = list(dict.fromkeys(r["method"] for r in rows))
+    methods = present if methods is None else list(methods)
+    missing = [m for m in methods if m not in present]
+    if missing or not methods:
+        raise ValueError(f"No result rows for methods {missing or methods}; the rows have methods {present}.")
+    by_method = _group_rows(rows, methods, objectives)
+    common = sorted(set.intersection(*(set(d) for d in by_method.values())))
+    if not common:
+        raise ValueError(f"No prompt has a result for every method {methods}; summarize fewer methods.")
+    return methods, by_method, common
 
 
 def summarize_results(
@@ -111,24 +206,30 @@ def summarize_results(
     confidence: float = 0.95,
     seed: int = 0,
 ) -> dict:
-    """Section 6.1 metrics of every method from the result rows, on normalised rewards.
+    """Section 6.1 metrics of every method from the result rows, on normalised rewards, and paired comparisons.
 
     Rewards are standardised per objective, ``z_g = (r_g - reward_mean_g) / reward_std_g`` (use the value
     head's ``config.reward_mean`` / ``reward_std``: the statistics of reference-policy responses), because
     ``min_g`` across objectives on raw rewards would just pick the objective with the smaller scale. Only the
-    prompts that every summarized method has a row for are used, so all methods are compared on the same
-    prompts (``rows_excluded`` counts the rest).
+    prompts that every summarized method has a row for are used, so all methods (and every comparison) are on
+    the same prompts (``rows_excluded`` counts the rest).
 
-    Per method (:func:`hf_rmod.summarize` on the ``(n, G)`` z-scores against the reference method's responses
-    to the same prompts): ``mean_rewards`` / ``mean_rewards_ci`` per objective, ``worst_case_reward`` (mean over
-    prompts of ``min_g z_g``) / ``worst_case_reward_ci``, ``worst_case_win_rate`` / ``worst_case_win_rate_ci``
-    (ties count one half, so the reference against itself scores 0.5; ``None`` without a reference method),
-    ``raw_mean_rewards`` / ``raw_mean_rewards_ci`` (reward units), ``mean_new_tokens``, ``mean_seconds``,
-    ``rmod`` (the method's settings, from the rows) and ``kind``.
+    ``methods[name]`` (:func:`hf_rmod.summarize` on the ``(n, G)`` z-scores against the reference method's
+    responses): ``mean_rewards`` / ``_ci`` per objective, ``worst_case_reward`` / ``_ci`` (mean over prompts of
+    ``min_g z_g``), ``worst_objective_of_mean`` / ``_ci`` (``min_g`` of the mean z-reward, the paper's figure
+    metric) and ``worst_objective`` (the objective attaining it), ``worst_case_win_rate`` / ``_ci`` (ties count
+    one half; ``None`` without a reference method), ``raw_mean_rewards`` / ``_ci`` (reward units),
+    ``mean_new_tokens``, ``mean_seconds``, ``rmod`` (the method's settings, from the rows) and ``kind``.
+
+    ``comparisons``: one entry per (method, baseline) of :func:`comparison_baselines`, with
+    ``worst_case_difference`` / ``_ci``, ``worst_objective_of_mean_difference`` / ``_ci`` (method minus baseline)
+    and the head-to-head ``win_rate`` / ``_ci``, all paired bootstraps (:func:`hf_rmod.metrics.paired_comparison`).
+    ``head_to_head[A][B]``: ``{"win_rate", "win_rate_ci"}``, the share of prompts where A's ``min_g z_g`` beats
+    B's (ties ½), for every ordered pair of methods. All intervals share ``seed``, so they use the same resamples.
 
     Args:
         results_path_or_rows: a ``results.jsonl`` path / evaluation folder, or the rows.
-        objectives: the ``G`` reward names to use (keys of each row's ``rewards``).
+        objectives: the ``G`` reward names to use (keys of each row's ``rewards``; all finite).
         reward_mean, reward_std: ``{objective: float}`` or ``G`` floats (std > 0).
         reference_method: the method the win rates compare against.
         methods: which methods, in this order (default: all, in order of first appearance).
@@ -136,33 +237,24 @@ def summarize_results(
 
     Returns:
         ``{"objectives", "normalization": {"reward_mean", "reward_std"}, "reference_method", "n_prompts",
-        "prompt_ids", "rows_excluded", "confidence", "n_resamples", "methods": {name: {...}}}`` (JSON-ready).
+        "prompt_ids", "rows_excluded", "confidence", "n_resamples", "methods": {name: {...}}, "comparisons":
+        [...], "head_to_head": {...}}`` (JSON-ready).
     """
-    if isinstance(results_path_or_rows, (str, os.PathLike)):
-        rows = load_results(results_path_or_rows)
-    else:
-        rows = dedup(results_path_or_rows)
+    rows = load_results(results_path_or_rows) if isinstance(results_path_or_rows, (str, os.PathLike)) \
+        else dedup(results_path_or_rows)
     objectives = check_unique_names(objectives, "objectives")
     mean = _per_objective(reward_mean, objectives, "reward_mean")
     std = _per_objective(reward_std, objectives, "reward_std")
     if (std <= 0).any():
         raise ValueError(f"`reward_std` must be > 0 for every objective, got {std.tolist()}.")
-    present = list(dict.fromkeys(r["method"] for r in rows))
-    methods = present if methods is None else list(methods)
-    missing = [m for m in methods if m not in present]
-    if missing or not methods:
-        raise ValueError(f"No result rows for methods {missing or methods}; the rows have methods {present}.")
-    by_method = _group_rows(rows, methods, objectives)
-    common = sorted(set.intersection(*(set(d) for d in by_method.values())))
-    if not common:
-        raise ValueError(f"No prompt has a result for every method {methods}; summarize fewer methods.")
+    methods, by_method, common = _select(rows, methods, objectives)
     excluded = sum(len(d) for d in by_method.values()) - len(common) * len(methods)
-    has_reference = reference_method in by_method
-    reference_z = None
-    if has_reference:
-        raw_ref = [[by_method[reference_method][p]["rewards"][g] for g in objectives] for p in common]
-        reference_z = (np.array(raw_ref, dtype=np.float64) - mean) / std  # (n, G)
+    raw = {m: np.array([[by_method[m][p]["rewards"][g] for g in objectives] for p in common], dtype=np.float64)
+           for m in methods}  # each (n, G)
+    z = {m: (raw[m] - mean) / std for m in methods}  # each (n, G)
+    reference = reference_method if reference_method in by_method else None
     ci = dict(n_resamples=n_resamples, confidence=confidence, seed=seed)
+    stats = {m: _method_stats(by_method[m], common, objectives, raw[m], z[m], z.get(reference), ci) for m in methods}
     return {
         "objectives": objectives,
         "normalization": {
@@ -171,30 +263,38 @@ def summarize_results(
             "note": "rewards are z-scores (r - reward_mean) / reward_std per objective, with the value head's "
             "statistics of reference-policy responses; raw_mean_rewards are in reward units",
         },
-        "reference_method": reference_method if has_reference else None,
+        "reference_method": reference,
         "n_prompts": len(common),
         "prompt_ids": common,
         "rows_excluded": int(excluded),
         "confidence": confidence,
         "n_resamples": n_resamples,
-        "methods": {
-            name: _method_stats(by_method[name], common, objectives, mean, std, reference_z, ci) for name in methods
-        },
+        "methods": stats,
+        "comparisons": _comparisons(stats, z, reference, ci),
+        "head_to_head": _head_to_head(z, ci),
     }
 
 
+def _ci_cell(value: float | None, interval: Sequence[float] | None, signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(value)} [{f.format(interval[0])}, {f.format(interval[1])}]"
+
+
+#: Methods up to which ``summary.md`` shows the head-to-head win-rate matrix (``summary.json`` always has it).
+MAX_HEAD_TO_HEAD_COLUMNS = 12
+
+
 def format_summary_markdown(summary: Mapping) -> str:
-    """A Markdown report of a :func:`summarize_results` dict: one table row per method."""
+    """A Markdown report of a :func:`summarize_results` dict: one table row per method, then the paired
+    comparisons and the head-to-head worst-case win rates (when the summary has them)."""
     objectives = summary["objectives"]
     pct = int(round(summary["confidence"] * 100))
     ref = summary.get("reference_method")
     norm = summary["normalization"]
-
-    def ci(value, interval):
-        return "–" if value is None else f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
-
     header = (
-        ["method", "worst-case reward (z)", f"worst-case win rate vs {ref or '—'}"]
+        ["method", "worst-case reward (z)", "worst objective of mean (z)", f"worst-case win rate vs {ref or '—'}"]
         + [f"{g} (z)" for g in objectives]
         + [f"{g} (raw)" for g in objectives]
         + ["new tokens", "s / response"]
@@ -207,18 +307,66 @@ def format_summary_markdown(summary: Mapping) -> str:
         "",
         "Rewards are z-scores per objective, `(r - reward_mean) / reward_std` with the value head's statistics "
         f"of reference-policy responses ({statistics}); worst-case = mean over prompts of min over objectives; "
-        "win-rate ties count 1/2. Raw columns are mean rewards in reward units.",
+        "worst objective of mean = min over objectives of the mean over prompts (the paper's figure metric), "
+        "with the objective attaining it; win-rate ties count 1/2. Raw columns are mean rewards in reward units.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" for _ in header) + "|",
     ]
     for name, m in summary["methods"].items():
-        cells = [f"`{name}`", ci(m["worst_case_reward"], m["worst_case_reward_ci"]),
-                 ci(m["worst_case_win_rate"], m["worst_case_win_rate_ci"])]
-        cells += [ci(m["mean_rewards"][g], m["mean_rewards_ci"][g]) for g in objectives]
+        worst_mean = "–"
+        if m.get("worst_objective_of_mean") is not None:
+            worst_mean = _ci_cell(m["worst_objective_of_mean"], m["worst_objective_of_mean_ci"])
+            worst_mean += f" {m['worst_objective']}"
+        cells = [f"`{name}`", _ci_cell(m["worst_case_reward"], m["worst_case_reward_ci"]), worst_mean,
+                 _ci_cell(m["worst_case_win_rate"], m["worst_case_win_rate_ci"])]
+        cells += [_ci_cell(m["mean_rewards"][g], m["mean_rewards_ci"][g]) for g in objectives]
         cells += [f"{m['raw_mean_rewards'][g]:.4g}" for g in objectives]
         cells += [f"{m['mean_new_tokens']:.1f}", f"{m['mean_seconds']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     if summary.get("rows_excluded"):
         lines += ["", f"{summary['rows_excluded']} rows were left out: their prompts lack a result for some method."]
+    lines += _comparison_lines(summary.get("comparisons") or [], summary["n_prompts"], pct)
+    lines += _head_to_head_lines(summary.get("head_to_head") or {}, list(summary["methods"]))
     return "\n".join(lines) + "\n"
+
+
+def _comparison_lines(comparisons: Sequence[Mapping], n_prompts: int, pct: int) -> list[str]:
+    """The paired-comparison table of ``summary.md`` (nothing when there are no comparisons)."""
+    if not comparisons:
+        return []
+    lines = [
+        "", "## Paired comparisons", "",
+        f"Method minus baseline on the same {n_prompts} prompts, {pct}% paired bootstrap CI (prompts resampled "
+        "jointly); win rate = share of prompts where the method's min over objectives beats the baseline's "
+        "(ties 1/2).", "",
+        "| method | baseline | Δ worst-case reward (z) | Δ worst objective of mean (z) | worst-case win rate |",
+        "|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        cells = [f"`{c['method']}`", f"`{c['baseline']}`"]
+        cells += [_ci_cell(c[k], c[k + "_ci"], signed=True)
+                  for k in ("worst_case_difference", "worst_objective_of_mean_difference")]
+        cells.append(_ci_cell(c["win_rate"], c["win_rate_ci"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _head_to_head_lines(table: Mapping[str, Mapping], names: list[str]) -> list[str]:
+    """The head-to-head win-rate matrix of ``summary.md`` (row beats column), up to
+    :data:`MAX_HEAD_TO_HEAD_COLUMNS` methods."""
+    if not table or len(names) < 2:
+        return []
+    lines = ["", "## Head-to-head worst-case win rates", ""]
+    if len(names) > MAX_HEAD_TO_HEAD_COLUMNS:
+        return lines + [f"{len(names)} methods: see `head_to_head` in summary.json."]
+    lines += [
+        "Share of prompts where the row method's min over objectives beats the column method's (ties 1/2), "
+        "with its CI.", "",
+        "| row beats column | " + " | ".join(f"`{n}`" for n in names) + " |",
+        "|---|" + "|".join("---" for _ in names) + "|",
+    ]
+    for a in names:
+        cells = ["–" if a == b else _ci_cell(table[a][b]["win_rate"], table[a][b]["win_rate_ci"]) for b in names]
+        lines.append(f"| `{a}` | " + " | ".join(cells) + " |")
+    return lines
