@@ -97,7 +97,7 @@ def _fallback_fraction(G: int, lam: float, rows: int) -> float:
     fp = S._prepare_fast(values, lam, None, None)
     w, _ = S._solve_fast(fp)
     _, objective, gap, _ = S._certify(fp, w, 1e-6)
-    target = 1e-6 * torch.minimum(objective.abs(), (objective - fp.shift).abs()).clamp_min(1.0)
+    target = 1e-6 * torch.minimum(objective.abs(), (objective - fp.shift.view(-1)).abs()).clamp_min(1.0)
     return float((~(gap <= target)).double().mean())
 
 

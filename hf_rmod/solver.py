@@ -44,7 +44,7 @@ Example:
 >>> bool(sol.converged)
 True
 
-Why one module of ~950 lines: it is one pure function with four methods, and the exact method's two paths
+Why one module of ~1,000 lines: it is one pure function with four methods, and the exact method's two paths
 (launch-light and iterative fallback) share the problem statement above, the input validation, the tilted
 distribution and the certificate; the sections below (public API, validation, shared pieces, iterative exact,
 launch-light exact, the paper's methods) are its table of contents.
@@ -52,6 +52,7 @@ launch-light exact, the paper's methods) are its table of contents.
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -141,9 +142,10 @@ def solve_weights(
         method: ``"exact"`` (default), ``"paper"``, ``"hedge"`` or ``"projected"``:
 
             * ``"exact"``: first a launch-light solve in float64 with a fixed op count and no host
-              sync (G = 2: the root of the convex 1-D derivative bracketed on a 512-point grid three
-              times, then a secant step; G > 2: 5 batched active-set Newton iterations, one Cholesky
-              each, with a parallel line search; masks instead of Python branches), certified once
+              sync (G = 2: the root of the convex 1-D derivative bracketed on a 512-point grid twice,
+              then a secant step; G > 2: from the best uniform point of the faces with up to 3
+              vertices, 4 batched active-set Newton iterations, one Cholesky each, with a parallel
+              line search; masks instead of Python branches), certified once
               at the end. With ``check=True``, one host sync (``bool``) decides whether any row is
               invalid or left with ``gap > tol * max(1, min(|F|, |F - lam mean V|))``; only then those
               rows are re-solved by the iterative path: active-set projected Newton in float64 (float32 on MPS). Newton steps
@@ -249,21 +251,23 @@ def _solve_exact_fast(values, lam, mask, log_probs, max_iter: int, tol: float, c
     fp = _prepare_fast(values, lam, mask, log_probs)
     w, iterations = _solve_fast(fp)
     w_out, objective, gap, converged = _certify(fp, w, tol)
-    # Rows re-solved: not converged, or (stricter, so that results near the tolerance are polished)
-    # gap above tol * max(1, min(|F|, |F - lam mean V|)). Invalid data gives NaN, hence lands here.
-    target = tol * torch.minimum(objective.abs(), (objective - fp.shift).abs()).clamp_min(1.0)
-    polished = gap <= target  # (B,)
-    if check and not bool(polished.all()):  # the only host sync of a certified call
-        prob = _prepare(values, lam, mask, log_probs)  # raises on invalid data
-        rows = torch.nonzero(~polished).flatten()  # (R,)
-        sub = _Problem(prob.values[rows], prob.scaled[rows], prob.log_q[rows], prob.shift[rows],
-                       prob.lam, False, prob.out_dtype)
-        w_fb, it_fb = _solve_exact(sub, max_iter, tol)
-        fb = _certify(_fast_from(prob, rows), w_fb, tol)
-        take = ~(gap[rows] <= fb[2])  # the fallback's result unless the fast one has the smaller gap
-        for full, part in zip((w_out, objective, gap, converged), fb):
-            full[rows] = torch.where(take.reshape((-1,) + (1,) * (part.ndim - 1)), part, full[rows])
-        iterations += it_fb
+    if check:
+        # Rows re-solved: not converged, or (stricter, so that results near the tolerance are polished)
+        # gap above tol * max(1, min(|F|, |F - lam mean V|)), compared squared (no abs kernels).
+        # Invalid data gives NaN, hence lands here.
+        f_u = objective - fp.shift.view(-1)
+        polished = gap * gap <= torch.minimum(objective * objective, f_u * f_u).clamp_min(1.0) * (tol * tol)
+        if not bool(polished.all()):  # the only host sync of a certified call
+            prob = _prepare(values, lam, mask, log_probs)  # raises on invalid data
+            rows = torch.nonzero(~polished).flatten()  # (R,)
+            sub = _Problem(prob.values[rows], prob.scaled[rows], prob.log_q[rows], prob.shift[rows],
+                           prob.lam, False, prob.out_dtype)
+            w_fb, it_fb = _solve_exact(sub, max_iter, tol)
+            fb = _certify(_fast_from(prob, rows), w_fb[:, :, None], tol)
+            take = ~(gap[rows] <= fb[2])  # the fallback's result unless the fast one has the smaller gap
+            for full, part in zip((w_out, objective, gap, converged), fb):
+                full[rows] = torch.where(take.reshape((-1,) + (1,) * (part.ndim - 1)), part, full[rows])
+            iterations += it_fb
     unb = (lambda x: x[0]) if fp.unbatched else (lambda x: x)
     return SolverResult(
         weights=unb(w_out),
@@ -345,32 +349,11 @@ def _bad_rows(bad: torch.Tensor) -> list[int]:
 
 
 def _prepare(values, lam, mask, log_probs) -> _Problem:
-    if not isinstance(values, torch.Tensor):
-        raise TypeError(
-            f"values must be a torch.Tensor of shape (batch, K, G) or (K, G); got "
-            f"{type(values).__name__}. Wrap it with torch.as_tensor(values)."
-        )
-    if not values.is_floating_point():
-        raise TypeError(
-            f"values must have a floating dtype; got {values.dtype}. Use values.float()."
-        )
-    if values.ndim not in (2, 3):
-        raise ValueError(
-            f"values must have shape (batch, K, G) or (K, G); got ndim={values.ndim} "
-            f"(shape {tuple(values.shape)})."
-        )
-    unbatched = values.ndim == 2
-    v = values.unsqueeze(0) if unbatched else values  # (B, K, G)
+    """The checked problem: the structural checks of :func:`_structure`, then the data checks (NaN/inf values,
+    rows without candidates, bad log-probabilities), which need the values on the host (a sync)."""
+    v, unbatched, lam_f, work, out_dtype = _structure(values, lam, mask, log_probs)
     B, K, G = v.shape
-    if K == 0 or G == 0:
-        raise ValueError(
-            f"values needs at least one candidate (K) and one objective (G); got shape "
-            f"{tuple(values.shape)}."
-        )
-    lam_f = _positive_number("lam", lam, _LAM_HINT)
     device = values.device
-    work = torch.float32 if device.type == "mps" else torch.float64
-    out_dtype = torch.float32 if values.dtype in (torch.float16, torch.bfloat16) else values.dtype
 
     present = _check_mask(mask, unbatched, B, K, device)  # (B, K)
     nonfinite = ~torch.isfinite(v) & present[:, :, None]
@@ -402,35 +385,14 @@ def _prepare(values, lam, mask, log_probs) -> _Problem:
 
 
 def _check_mask(mask, unbatched: bool, B: int, K: int, device) -> torch.Tensor:
+    """(B, K) bool, all True without a mask (type and shape were checked by :func:`_structure`)."""
     if mask is None:
         return torch.ones(B, K, dtype=torch.bool, device=device)
-    expected = (K,) if unbatched else (B, K)
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise TypeError(
-            f"mask must be a bool tensor of shape {expected}; got {got}. Use mask.bool()."
-        )
-    if tuple(mask.shape) != expected:
-        raise ValueError(
-            f"mask must have shape {expected} (values without the G dimension); got "
-            f"{tuple(mask.shape)}."
-        )
     return mask.to(device).reshape(B, K)
 
 
 def _check_log_probs(log_probs, unbatched, B, K, present, work) -> torch.Tensor:
-    expected = (K,) if unbatched else (B, K)
-    if not isinstance(log_probs, torch.Tensor) or not log_probs.is_floating_point():
-        got = log_probs.dtype if isinstance(log_probs, torch.Tensor) else type(log_probs).__name__
-        raise TypeError(
-            f"log_probs must be a float tensor of shape {expected}; got {got}. "
-            f"Use log_probs.float()."
-        )
-    if tuple(log_probs.shape) != expected:
-        raise ValueError(
-            f"log_probs must have shape {expected} (one log-probability per candidate); got "
-            f"{tuple(log_probs.shape)}."
-        )
+    """(B, K) log-probabilities in ``work`` dtype, -inf at absent candidates; NaN/+inf refused."""
     lp = log_probs.to(device=present.device).reshape(B, K).to(work)
     bad = (torch.isnan(lp) | (lp == math.inf)) & present
     if bad.any():
@@ -661,20 +623,60 @@ def _decrease(u, log_p, delta) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 _GRID = 512  # G = 2: derivative evaluated at this many points per bracketing level
-_GRID_LEVELS = 3  # bracket width 511^-3 ~ 7.5e-9, then one secant step on the derivative
-_NEWTON_ITERS = 5  # G > 2: fixed number of batched active-set Newton iterations
-_N_FAST_STEPS = 24  # trial steps 2^-j along the Newton and the Frank-Wolfe direction
+_GRID_LEVELS = 2  # bracket width 511^-2 ~ 3.8e-6, then one secant step on the derivative
+_NEWTON_ITERS = 4  # G > 2: fixed number of batched active-set Newton iterations
+_N_FAST_STEPS = 40  # trial steps 0 and 2^-j (j < 39) along the Newton direction
+_START_FACE = 3  # G > 2 start: best of the uniform points of all faces with up to 3 vertices ...
+_START_MAX = 512  # ... (faces of one size are skipped when there are more than this many)
 _EXP_CLAMP = 700.0  # expm1 argument cap (float64 overflow at ~709)
+_CONSTS: dict = {}  # small constant tensors of the launch-light path, made once per (kind, n, dtype, device)
+
+
+def _const(kind: str, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A cached constant (never written to): building ``eye``/``arange`` on every call would cost
+    kernel launches of its own. Kinds: scalars ``zero``, ``one``, ``big`` (sqrt of the dtype's max),
+    ``grid`` (1, 1, n) = 0..n-1, ``steps`` (1, 1, n) = 0, 2^-j (j < n - 1), ``eye`` (n, n), ``ridge`` (n, n) = 1 + 1e-10 I, ``start`` (1, n, n+1)
+    = [uniform, e_1, ..., e_n] as columns."""
+    key = (kind, n, dtype, device)
+    t = _CONSTS.get(key)
+    if t is None:
+        with torch.inference_mode(False), torch.no_grad():
+            f = dict(dtype=dtype, device=device)
+            if kind in ("zero", "one", "big"):
+                val = {"zero": 0.0, "one": 1.0, "big": math.sqrt(torch.finfo(dtype).max)}[kind]
+                t = torch.full((), val, **f)
+            elif kind == "grid":
+                t = torch.arange(n, **f).reshape(1, 1, n)
+            elif kind == "steps":
+                t = torch.cat([torch.zeros(1, **f), torch.pow(0.5, torch.arange(n - 1, **f))]).reshape(1, 1, n)
+            elif kind == "eye":
+                t = torch.eye(n, **f)
+            elif kind == "ridge":
+                t = 1.0 + 1e-10 * torch.eye(n, **f)
+            else:  # "start": uniform on the whole simplex and on every face of up to _START_FACE vertices
+                cols = [torch.full((n, 1), 1.0 / n, **f)]
+                for size in range(1, min(_START_FACE, n - 1) + 1):
+                    faces = list(itertools.combinations(range(n), size))
+                    if size > 1 and len(faces) > _START_MAX:
+                        break
+                    m = torch.zeros(n, len(faces), **f)
+                    for j, face in enumerate(faces):
+                        m[list(face), j] = 1.0 / size
+                    cols.append(m)
+                t = torch.cat(cols, dim=1).unsqueeze(0)
+        _CONSTS[key] = t
+    return t
 
 
 class _Fast(NamedTuple):
     """The problem for the launch-light path, built without any data check (no host sync)."""
 
     u: torch.Tensor  # (B, K, G) U = lam * (V - c), absent candidates zeroed
+    ut: torch.Tensor  # (B, G, K) transposed view of u
     log_q: torch.Tensor | None  # (B, K, 1) normalised log prior, None for uniform q = 1/K
     f_offset: float  # -log K for uniform q, else 0: F_U = logsumexp_k(log q + U w) + f_offset
-    shift: torch.Tensor  # (B,) lam * c
-    scale: torch.Tensor  # (B,) max(1, max |U|), the offset-invariant tolerance scale
+    shift: torch.Tensor  # (B, 1, 1) lam * c
+    scale: torch.Tensor  # (B, 1, 1) max(1, max |U|), the offset-invariant tolerance scale
     unbatched: bool
     out_dtype: torch.dtype
 
@@ -736,7 +738,7 @@ def _prepare_fast(values, lam, mask, log_probs) -> _Fast:
     B, K, G = v.shape
     v = v.to(work)
     if mask is None and log_probs is None:
-        c = v.mean(dim=(1, 2), keepdim=True)  # (B, 1, 1)
+        c = v.sum(dim=(1, 2), keepdim=True) * (1.0 / (K * G))  # (B, 1, 1) mean value
         u = (v - c) * lam_f  # (B, K, G)
         log_q, f_offset = None, -math.log(K)
     else:
@@ -751,8 +753,9 @@ def _prepare_fast(values, lam, mask, log_probs) -> _Fast:
         c = v.sum(dim=(1, 2), keepdim=True) / (present.sum(1, keepdim=True) * G)  # (B, 1, 1)
         u = torch.where(present, (v - c) * lam_f, 0.0)
         f_offset = 0.0
-    scale = u.abs().amax(dim=(1, 2)).clamp_min(1.0)  # (B,); NaN propagates
-    return _Fast(u, log_q, f_offset, lam_f * c.reshape(B), scale, unbatched, out_dtype)
+    # max(1, max |U|); NaN propagates
+    scale = torch.linalg.vector_norm(u, math.inf, dim=(1, 2), keepdim=True).clamp_min(1.0)
+    return _Fast(u, u.transpose(1, 2), log_q, f_offset, c * lam_f, scale, unbatched, out_dtype)
 
 
 def _fast_from(prob: _Problem, rows: torch.Tensor | None = None) -> _Fast:
@@ -761,25 +764,15 @@ def _fast_from(prob: _Problem, rows: torch.Tensor | None = None) -> _Fast:
     if rows is not None:
         u, log_q, shift = u[rows], log_q[rows], shift[rows]
     scale = u.abs().amax(dim=(1, 2)).clamp_min(1.0)
-    return _Fast(u, log_q[:, :, None], 0.0, shift, scale, prob.unbatched, prob.out_dtype)
-
-
-def _at(fp: _Fast, w: torch.Tensor):
-    """(B, G) weights -> F_U (B,), p (B, K, 1), tilted means mu of U (B, G). About 12 aten ops."""
-    z = torch.bmm(fp.u, w[:, :, None])  # (B, K, 1)
-    if fp.log_q is not None:
-        z = z + fp.log_q
-    log_p = torch.log_softmax(z, dim=1)
-    f = (z.amax(dim=1) - log_p.amax(dim=1))[:, 0] + fp.f_offset  # logsumexp without its 20 ops
-    p = log_p.exp()
-    return f, p, (p * fp.u).sum(1)
+    return _Fast(u, u.transpose(1, 2), log_q[:, :, None], 0.0, shift[:, None, None], scale[:, None, None],
+                 prob.unbatched, prob.out_dtype)
 
 
 def _solve_fast(fp: _Fast) -> tuple[torch.Tensor, int]:
-    """Fixed-op-count solve: (B, G) weights in the working dtype and the iterations run."""
+    """Fixed-op-count solve: (B, G, 1) weights in the working dtype and the iterations run."""
     B, K, G = fp.u.shape
     if G == 1:
-        return torch.ones(B, 1, dtype=fp.u.dtype, device=fp.u.device), 0
+        return torch.ones(B, 1, 1, dtype=fp.u.dtype, device=fp.u.device), 0
     if G == 2:
         return _solve_two(fp), _GRID_LEVELS
     return _solve_newton(fp), _NEWTON_ITERS
@@ -788,104 +781,132 @@ def _solve_fast(fp: _Fast) -> tuple[torch.Tensor, int]:
 def _solve_two(fp: _Fast) -> torch.Tensor:
     """G = 2: w = (1 - t, t) and phi(t) = F is convex in t with phi'(t) = E_p[U_1 - U_0].
 
-    The root of phi' in [0, 1] is bracketed on a grid of _GRID points, the bracket refined
-    _GRID_LEVELS times, then one secant step on phi' inside the final bracket. phi'(0) >= 0 gives
-    t = 0 exactly, phi'(1) < 0 gives t = 1 exactly. No data-dependent control flow.
+    The root of phi' in [0, 1] is bracketed on a grid of _GRID points, the bracket refined once
+    (_GRID_LEVELS = 2 levels), then one secant step on phi' between the last negative and the first
+    non-negative grid value. phi'(0) >= 0 gives t = 0 exactly, phi'(1) < 0 gives t = 1. No
+    data-dependent control flow; grid indices are kept as floats (no integer tensors, no gather).
     """
     u = fp.u
-    B = u.shape[0]
+    B, K, _ = u.shape
+    dt, dev = u.dtype, u.device
+    zero, one = _const("zero", 0, dt, dev), _const("one", 0, dt, dev)
+    big = _const("big", 0, dt, dev)
+    grid = _const("grid", _GRID, dt, dev)  # (1, 1, N)
     a = u[:, :, :1]  # (B, K, 1)
     b = u[:, :, 1:] - a  # (B, K, 1) d z / d t
     if fp.log_q is not None:
         a = a + fp.log_q
-    idx = torch.arange(_GRID, dtype=u.dtype, device=u.device)  # (N,)
-    lo = torch.zeros(B, 1, dtype=u.dtype, device=u.device)  # (B, 1) bracket [lo, lo + (N-1) h]
-    h = torch.full((B, 1), 1.0 / (_GRID - 1), dtype=u.dtype, device=u.device)
+    bt = b.view(B, 1, K)
+    lo = zero  # bracket [lo, lo + (N - 1) h], broadcast to (B, 1, 1) after the first level
+    h = one / (_GRID - 1.0)
     for level in range(_GRID_LEVELS):  # fixed count
-        t = torch.addcmul(lo, h, idx)[:, None, :]  # (B, 1, N)
-        d = (torch.softmax(torch.addcmul(a, b, t), dim=1) * b).sum(1)  # (B, N) phi'(t), nondecreasing
-        n_neg = (d < 0).sum(-1, keepdim=True)  # (B, 1): root in [t_{n-1}, t_n]
-        i_lo, i_hi = (n_neg - 1).clamp_min(0), n_neg.clamp_max(_GRID - 1)
-        lo = torch.addcmul(lo, h, i_lo)
+        t = torch.addcmul(lo, h, grid)  # (., 1, N)
+        d = torch.bmm(bt, torch.softmax(torch.addcmul(a, b, t), dim=1))  # (B, 1, N) phi'(t), nondecreasing
         if level < _GRID_LEVELS - 1:
-            h = h * ((i_hi - i_lo) / (_GRID - 1))
-    # d_lo < 0 <= d_hi inside a proper bracket: secant step; else i_lo == i_hi and t = lo.
-    d_lo, d_hi = d.gather(1, torch.cat([i_lo, i_hi], dim=1)).unbind(1)
-    frac = (d_lo / (d_lo - d_hi)).nan_to_num(0.0, 0.0, 0.0).clamp(0.0, 1.0)[:, None]  # (B, 1)
-    t = torch.addcmul(lo, h * (i_hi - i_lo), frac)  # (B, 1)
-    t = torch.where(t > _TINY_WEIGHT, t, 0.0)
-    return torch.cat([1.0 - t, t], dim=1)
+            n_neg = torch.heaviside(d.neg(), zero).sum(2, keepdim=True)  # (B, 1, 1) root in [t_{n-1}, t_n]
+            i_lo = (n_neg - 1.0).clamp_min(0.0)
+            lo = torch.addcmul(lo, h, i_lo)
+            h = (n_neg.clamp_max(_GRID - 1.0) - i_lo) * h * (1.0 / (_GRID - 1.0))
+    # Secant between the last negative d_lo and the first non-negative d_hi; a missing side is
+    # +-big, which puts t at lo (no negative: phi'(lo) >= 0) or at the top of the bracket.
+    neg = d < 0.0
+    n_neg = torch.where(neg, one, zero).sum(2, keepdim=True)  # (B, 1, 1)
+    d_lo = torch.where(neg, d, -big).amax(2, keepdim=True)
+    d_hi = torch.where(neg, big, d).amin(2, keepdim=True)
+    t = torch.addcmul(lo, h, n_neg - 1.0 + d_lo / (d_lo - d_hi))  # (B, 1, 1)
+    t = torch.where(t > _TINY_WEIGHT, t, zero).clamp_max(1.0)
+    return torch.cat([1.0 - t, t], dim=1)  # (B, 2, 1)
 
 
 def _solve_newton(fp: _Fast) -> torch.Tensor:
     """G > 2: _NEWTON_ITERS batched active-set Newton iterations with a parallel line search.
 
-    Start: the best of the uniform point and the vertices. Each iteration, for every row: free set
-    = support and zero weights whose tilted mean is below the level w.m (KKT, App. B); the
-    equality-constrained Newton direction on it from one Cholesky factorisation (inactive
-    coordinates pinned, relative ridge 1e-10); trial points w + s 2^-j d clipped at 0 and
-    renormalised, and Frank–Wolfe points w + 2^-j (e_argmin m - w); the one with the largest
-    decrease of F (computed as log E_p exp(U dw), accurate for tiny decreases) is taken if F
-    decreases. Masks replace Python branches; the op count is the same for every input.
+    Start: the best (one bmm, any number of points) of the uniform points of the simplex and of its
+    faces with up to _START_FACE vertices (vertices, edge midpoints, triangle centres). Each
+    iteration, for every row: free set = support and zero weights whose tilted mean is below the
+    level w.m (KKT, App. B); the equality-constrained Newton direction on it from one Cholesky
+    factorisation and one triangular inverse (inactive coordinates pinned, diagonal ridge 1e-10);
+    trial points w + s d, s in {0, 1, 1/2, ..., 2^-38}, clipped at 0 and renormalised (the
+    projection arc); the one with the smallest F (compared through E_p expm1(U dw) =
+    exp(F(cand) - F(w)) - 1, accurate for tiny decreases; s = 0 keeps w) is taken. Masks replace Python branches; the op count is the
+    same for every input. Weights are kept as (B, G, 1) columns so that every product is a bmm.
     """
-    u, log_q = fp.u, fp.log_q
+    u, ut, log_q = fp.u, fp.ut, fp.log_q
     B, K, G = u.shape
     dt, dev = u.dtype, u.device
-    eye = torch.eye(G, dtype=dt, device=dev)
-    tj = torch.pow(0.5, torch.arange(_N_FAST_STEPS, dtype=dt, device=dev))  # (J,)
+    zero, one = _const("zero", 0, dt, dev), _const("one", 0, dt, dev)
+    eye = _const("eye", G, dt, dev)
+    tj = _const("steps", _N_FAST_STEPS, dt, dev)  # (1, 1, J) = 0, 1, 1/2, 1/4, ...
+    ridge = _const("ridge", G, dt, dev)  # (G, G) 1 + 1e-10 I
     # Start: best of uniform and the G vertices.
-    pts = torch.cat([torch.full((G, 1), 1.0 / G, dtype=dt, device=dev), eye], dim=1)  # (G, G+1)
-    z = torch.matmul(u, pts)  # (B, K, G+1)
+    pts = _const("start", G, dt, dev)
+    pts = pts.expand(B, G, pts.shape[2])
+    z = torch.bmm(u, pts)  # (B, K, P)
     if log_q is not None:
         z = z + log_q
-    f0 = z.amax(1) - torch.log_softmax(z, dim=1).amax(1)  # (B, G+1) F - f_offset
-    w = pts.T[f0.argmin(-1)]  # (B, G)
+    f0 = z.amax(1, keepdim=True) - torch.log_softmax(z, dim=1).amax(1, keepdim=True)  # (B, 1, G+1) F - f_offset
+    w = pts.gather(2, f0.argmin(2, keepdim=True).expand(B, G, 1))  # (B, G, 1)
     for _ in range(_NEWTON_ITERS):  # fixed count
-        _, p, mu = _at(fp, w)  # p (B, K, 1), mu (B, G)
-        uc = u - mu[:, None, :]
-        hess = torch.bmm(uc.mT, p * uc)  # (B, G, G) Cov_p(U)
-        level = (w * mu).sum(-1, keepdim=True)
-        free = ((w > 0) | (mu < level)).to(dt)  # (B, G)
-        ridge = 1e-10 * hess.diagonal(dim1=1, dim2=2).mean(-1, keepdim=True) + 1e-30  # (B, 1)
-        a = hess * (free[:, :, None] * free[:, None, :]) + eye * (1.0 + (ridge - 1.0) * free)[:, :, None]
-        chol = torch.linalg.cholesky_ex(a)[0]
-        x = torch.linalg.solve_triangular(chol, torch.stack([mu * free, free], dim=-1), upper=False)
-        x = torch.linalg.solve_triangular(chol.mT, x, upper=True)  # (B, G, 2) = A^-1 [g, 1]
-        s = x.sum(1)  # (B, 2)
-        d = (x[:, :, 1] * (s[:, :1] / s[:, 1:]) - x[:, :, 0]) * free  # (B, G), sums to 0
-        d = d.nan_to_num(0.0, 0.0, 0.0)
-        step = d.abs().amax(-1, keepdim=True).clamp_min(1.0).reciprocal() * tj  # (B, J)
-        toward = eye[mu.argmin(-1)] - w  # (B, G)
-        cand = torch.cat([torch.addcmul(w[:, :, None], d[:, :, None], step[:, None, :]),
-                          torch.addcmul(w[:, :, None], toward[:, :, None], tj)], dim=2)  # (B, G, 2J)
-        cand = torch.where(cand > _TINY_WEIGHT, cand, 0.0)
+        z = torch.bmm(u, w)  # (B, K, 1)
+        if log_q is not None:
+            z = z + log_q
+        p = torch.softmax(z, dim=1)  # (B, K, 1)
+        mu = torch.bmm(ut, p)  # (B, G, 1) tilted means of U
+        uc = u - mu.view(B, 1, G)
+        hess = torch.bmm(uc.transpose(1, 2), p * uc)  # (B, G, G) Cov_p(U)
+        level = (w * mu).sum(1, keepdim=True)  # (B, 1, 1)
+        free = torch.maximum(torch.heaviside(w, zero), torch.heaviside(level - mu, zero))  # (B, G, 1) 0/1
+        # A = Hessian on the free set with its diagonal times (1 + 1e-10), identity on pinned coordinates
+        # (+1e-30 on free ones): A^-1 is block diagonal, zero on the pinned rows of A^-1 [g, 1_free].
+        a = torch.addcmul(eye * torch.addcmul(one, free, free, value=-(1.0 - 1e-30)), hess,
+                          free * free.view(B, 1, G) * ridge)
+        inv_l = torch.linalg.solve_triangular(torch.linalg.cholesky_ex(a)[0], eye, upper=False)  # L^-1
+        a_inv = torch.bmm(inv_l.transpose(1, 2), inv_l)  # (B, G, G)
+        x_g = torch.bmm(a_inv, mu * free)  # (B, G, 1) A^-1 g
+        x_1 = torch.bmm(a_inv, free)  # A^-1 1_free
+        # equality-constrained Newton direction: -A^-1 (g - c 1), c = 1'A^-1 g / 1'A^-1 1; sums to 0
+        d = torch.addcmul(x_g.neg(), x_1, x_g.sum(1, keepdim=True) / x_1.sum(1, keepdim=True))
+        d = d.nan_to_num(0.0, 0.0, 0.0)  # failed factorisation: Frank–Wolfe points only
+        cand = torch.addcmul(w, d, tj)
+        cand = torch.where(cand > _TINY_WEIGHT, cand, zero)
         cand = cand / cand.sum(1, keepdim=True)
-        x = torch.bmm(u, cand - w[:, :, None]).clamp_max(_EXP_CLAMP)  # (B, K, 2J) U dw
-        dec = torch.log1p((p * torch.expm1(x)).sum(1)).nan_to_num(math.inf)  # (B, 2J) F(cand) - F(w)
-        best, idx = dec.min(-1)
-        w_new = cand.gather(2, idx[:, None, None].expand(B, G, 1))[:, :, 0]
-        w = torch.where((best < 0)[:, None], w_new, w)
+        x = torch.bmm(u, cand - w).clamp_max(_EXP_CLAMP)  # (B, K, 2J) U dw
+        dec = (p * torch.expm1(x)).sum(1, keepdim=True)  # (B, 1, 2J) exp(F(cand) - F(w)) - 1
+        # tj[0] = 0: candidate 0 is w itself (dec 0), so the argmin never increases F
+        w = cand.gather(2, dec.argmin(2, keepdim=True).expand(B, G, 1))
     return w
 
 
 def _certify(fp: _Fast, w: torch.Tensor, tol: float):
-    """Weights in the output dtype, objective, honest gap and converged flag (B rows).
+    """(B, G, 1) weights -> weights (B, G) in the output dtype, objective, honest gap (B,) in the
+    working dtype and the converged flag (B,).
 
     The Frank–Wolfe gap is computed at the working-precision solution ``w``; when the returned
     weights ``w_out`` are rounded (float32 / half inputs), the gap reported is
     ``gap(w) + max_k |U_k (w_out - w)|``, a true bound on ``F(w_out) - F*`` because
-    ``|F(w') - F(w)| <= max_k |U_k (w' - w)|`` (F is a log-sum-exp of ``U w``).
+    ``|F(w') - F(w)| <= max_k |U_k (w' - w)|`` (F is a log-sum-exp of ``U w``), and the objective is
+    moved to ``w_out`` to first order, ``F(w) + E_p[U (w_out - w)]`` (error <= max_k |U_k (w_out - w)|^2 / 2).
     """
-    f, p, mu = _at(fp, w)
-    gap = ((w * mu).sum(-1) - mu.amin(-1)).clamp_min(0.0)  # (B,)
-    w_out = w.to(fp.out_dtype)
-    if w_out.dtype != w.dtype:
-        w_out = w_out / w_out.sum(-1, keepdim=True)
-        x = torch.bmm(fp.u, (w_out.to(w.dtype) - w)[:, :, None]).clamp_max(_EXP_CLAMP)  # (B, K, 1)
-        f = f + torch.log1p((p * torch.expm1(x)).sum(dim=(1, 2)))  # F at w_out
-        gap = gap + x.abs().amax(dim=(1, 2))
-    converged = gap <= tol * fp.scale
-    return w_out, f + fp.shift, gap, converged
+    B, K, G = fp.u.shape
+    z = torch.bmm(fp.u, w)  # (B, K, 1)
+    if fp.log_q is not None:
+        z = z + fp.log_q
+    log_p = torch.log_softmax(z, dim=1)
+    f = z.amax(1, keepdim=True) - log_p.amax(1, keepdim=True)  # (B, 1, 1) logsumexp without its 20 ops
+    p = log_p.exp()
+    mu = torch.bmm(fp.ut, p)  # (B, G, 1)
+    gap = ((w * mu).sum(1, keepdim=True) - mu.amin(1, keepdim=True)).clamp_min(0.0)  # (B, 1, 1)
+    w_out = w
+    if fp.out_dtype != w.dtype:
+        w_out = w.to(fp.out_dtype)
+        w_out = w_out / w_out.sum(1, keepdim=True)
+        x = torch.bmm(fp.u, w_out.to(w.dtype) - w)  # (B, K, 1) U (w_out - w)
+        f = f + (p * x).sum(1, keepdim=True)
+        gap = gap + x.abs().amax(1, keepdim=True)
+    if fp.f_offset:
+        f = f + fp.f_offset
+    converged = gap <= fp.scale * tol
+    return w_out.view(B, G), (f + fp.shift).view(B), gap.view(B), converged.view(B)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,8 +49,9 @@ def _count(fn):
 
 
 # Measured 6,802 aten ops and 76 host syncs per call before (at both sizes). The target is
-# <= 200 ops; these bounds are the achieved counts (docs/solver.md) plus a margin, as a regression guard.
-@pytest.mark.parametrize("G,max_ops", [(2, 330), (10, 1300)])
+# <= 200 ops (met at G = 2: 149; G = 10: 472); these bounds are the achieved counts (docs/solver.md)
+# plus a small margin, as a regression guard.
+@pytest.mark.parametrize("G,max_ops", [(2, 160), (10, 500)])
 def test_op_and_sync_count(G, max_ops):
     values = _randn((8, 16, G), seed=3)
     sol = solve_weights(values, 0.5)
