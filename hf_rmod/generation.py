@@ -19,6 +19,11 @@ rmod_config=cfg)``). Without either, transformers rejects ``rmod_config`` with i
 that message and offers no hook to extend it (only a process-wide patch of the private method would).
 How values are computed is pluggable: ``RobustMultiObjectiveGenerator(scorer_factory=...)`` (see
 `hf_rmod.scoring.Scorer`).
+
+Why one module of ~740 lines: it is the block loop and what must stay next to it to be read as one algorithm
+(prefill, K-fold expansion, per-step sampling with generate's own processors, scoring, solving, selection, cache
+reordering), plus the static-cache sizing, the row-to-prompt mapping of batch-indexed processors and the
+host-sync-free bookkeeping that change how that loop runs; scorers and the solver live in their own modules.
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ maps them back to reward units.
 
 The configuration lives in `configuration_value_head` and the Hub surface helpers (strict / safetensors-only
 loading checks, local-path checks, the model card) in `_hub`; both names are re-exported here.
+
+Why ~660 lines: one `PreTrainedModel` with its two constructors (shared trunk, own backbone), its forward with
+and without a cache, the strict loading overrides of the Hub surface and the compatibility checks against a
+policy and its tokenizer; the configuration and the Hub helpers are already split out.
 """
 
 from __future__ import annotations

@@ -290,8 +290,6 @@ def ranking_report(
     Returns:
         A :class:`ValueRankingReport` (``to_markdown()``, ``save(path)``, ``metric(name, objective, t)``).
     """
-    from .records import load_records
-
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be an int >= 1, got {batch_size!r}.")
     model_objectives = list(head.objectives)
@@ -299,6 +297,44 @@ def ranking_report(
     missing = [o for o in names if o not in model_objectives]
     if missing:
         raise ValueError(f"`objectives` {missing} are not outputs of the value model ({model_objectives}).")
+    records = _finite_records(records, names)
+    lengths = torch.tensor([len(r["response_ids"]) for r in records])
+    positions = report_positions(block_size, int(lengths.max()), max_blocks)
+    columns = torch.tensor([model_objectives.index(o) for o in names])
+    rewards = torch.tensor([[float(r["rewards"][o]) for o in names] for r in records], dtype=torch.float64)  # (n, G)
+    prompt_ids = {p: i for i, p in enumerate(dict.fromkeys(r["prompt"] for r in records))}
+    groups = torch.tensor([prompt_ids[r["prompt"]] for r in records])
+    values, targets, normalised, units, described = _values_and_targets(
+        head, records, policy, positions, batch_size, tokenizer, columns, rewards
+    )  # values: (n, S, G), targets: (n, G)
+    ranking = within_prompt_metrics(values, targets, groups)
+    sizes = torch.bincount(groups)
+    counts = {
+        "responses": len(records),
+        "prompts": len(prompt_ids),
+        "prompts_ranked": ranking["prompts"],
+        "prompts_single_response": ranking["prompts_single_response"],
+        "responses_per_prompt": float(sizes[sizes >= 2].double().mean()) if ranking["prompts"] else 0.0,
+    }
+    share = between_prompt_share(rewards, groups)
+    return ValueRankingReport(
+        objectives=names,
+        block_size=block_size,
+        positions=positions,
+        rows=_report_rows(values, targets, normalised, ranking, positions, names),
+        between_prompt_variance_share={o: _nan_to_none(float(v)) for o, v in zip(names, share)},
+        finished_share=[float((lengths <= t).double().mean()) for t in positions],
+        counts=counts,
+        value_model=described,
+        records=getattr(records, "source", None),
+        units=units,
+    )
+
+
+def _finite_records(records: Any, names: list[str]) -> list[dict]:
+    """The records (every one with every objective in `names`); a NaN or infinite reward is refused."""
+    from .records import load_records
+
     records = load_records(records, names)
     for index, record in enumerate(records):
         bad = [o for o in names if not _finite(record["rewards"][o])]
@@ -307,13 +343,12 @@ def ranking_report(
                 f"Record {index} has a NaN or infinite reward for {bad[0]!r} ({record['rewards'][bad[0]]!r}); the "
                 "ranking report refuses such records: drop or re-score them."
             )
-    lengths = torch.tensor([len(r["response_ids"]) for r in records])
-    positions = report_positions(block_size, int(lengths.max()), max_blocks)
-    columns = torch.tensor([model_objectives.index(o) for o in names])
-    rewards = torch.tensor([[float(r["rewards"][o]) for o in names] for r in records], dtype=torch.float64)  # (n, G)
-    prompt_ids = {p: i for i, p in enumerate(dict.fromkeys(r["prompt"] for r in records))}
-    groups = torch.tensor([prompt_ids[r["prompt"]] for r in records])
+    return records
 
+
+def _values_and_targets(head, records, policy, positions, batch_size, tokenizer, columns, rewards):
+    """-> values (n, S, G) float64, targets (n, G) in the values' units, whether they are normalised, the units'
+    description and the value model's description."""
     if callable(getattr(head, "score_texts", None)):  # RewardValueModel: rewards of the partial text
         values = _reward_model_values(head, records, positions, batch_size, tokenizer)[..., columns]
         mean, std = getattr(head, "_mean", None), getattr(head, "_std", None)
@@ -322,20 +357,21 @@ def ranking_report(
             units = "the value model's normalisation (r - mean) / std"
         else:
             targets, units = rewards, "reward units (the RewardValueModel has no normalization)"
-        described = repr(head)
-    else:
-        values = _head_values(head, records, policy, positions, batch_size, tokenizer)[..., columns]
-        mean = torch.tensor(head.config.reward_mean, dtype=torch.float64)[columns]
-        std = torch.tensor(head.config.reward_std, dtype=torch.float64)[columns]
-        targets = (rewards - mean) / std
-        units = "normalised reward units of the head (r - reward_mean) / reward_std"
-        described = head.config.name_or_path or f"MultiValueHead(objectives={model_objectives})"
-    values = values.double()  # (n, S, G)
+        return values.double(), targets, mean is not None, units, repr(head)
+    values = _head_values(head, records, policy, positions, batch_size, tokenizer)[..., columns]
+    mean = torch.tensor(head.config.reward_mean, dtype=torch.float64)[columns]
+    std = torch.tensor(head.config.reward_std, dtype=torch.float64)[columns]
+    units = "normalised reward units of the head (r - reward_mean) / reward_std"
+    described = head.config.name_or_path or f"MultiValueHead(objectives={list(head.objectives)})"
+    return values.double(), (rewards - mean) / std, True, units, described
 
-    ranking = within_prompt_metrics(values, targets, groups)
+
+def _report_rows(values, targets, normalised: bool, ranking: dict, positions: list[int], names: list[str]) -> list:
+    """One row per (t, objective): ranking metrics beside the prefix MSE and the constant predictor's MSE."""
     mse = ((values - targets[:, None, :]) ** 2).mean(0)  # (S, G)
-    baseline = (targets ** 2).mean(0)  # the constant predictor: the normalisation mean (0 in these units)
-    if mean is None:
+    if normalised:
+        baseline = (targets ** 2).mean(0)  # the constant predictor: the normalisation mean (0 in these units)
+    else:
         baseline = ((targets - targets.mean(0)) ** 2).mean(0)  # reward units: the records' mean
     rows = []
     for s, t in enumerate(positions):
@@ -351,28 +387,7 @@ def ranking_report(
                 "prompts_pairwise": int(ranking["prompts_pairwise"][s, g]),
                 "pairs": int(ranking["pairs"][s, g]),
             })
-    share = between_prompt_share(rewards, groups)
-    ranked = ranking["prompts"]
-    sizes = torch.bincount(groups)
-    counts = {
-        "responses": len(records),
-        "prompts": len(prompt_ids),
-        "prompts_ranked": ranked,
-        "prompts_single_response": ranking["prompts_single_response"],
-        "responses_per_prompt": float(sizes[sizes >= 2].double().mean()) if ranked else 0.0,
-    }
-    return ValueRankingReport(
-        objectives=names,
-        block_size=block_size,
-        positions=positions,
-        rows=rows,
-        between_prompt_variance_share={o: _nan_to_none(float(v)) for o, v in zip(names, share)},
-        finished_share=[float((lengths <= t).double().mean()) for t in positions],
-        counts=counts,
-        value_model=described,
-        records=getattr(records, "source", None),
-        units=units,
-    )
+    return rows
 
 
 def _finite(value: Any) -> bool:

@@ -15,6 +15,9 @@ All prefixes of a sequence come from one forward pass (the hidden state at each 
 Pieces: the records (:mod:`.records`: :func:`load_records` with the objectives check, :func:`split_by_prompt`;
 re-exported here), :func:`cd_fudge_loss`, the batch collation, the validation metrics (:func:`_sequence_stats` / :func:`_summarize`) and the loop
 (:func:`_setup` -> :func:`_fit` -> :func:`_finish`).
+
+Why ~600 lines: the CD-FUDGE loop and its validation metrics (per objective, per prefix bucket, within-prompt
+ranking) must agree on the batch layout, so they stay together; the records format lives in :mod:`.records`.
 """
 
 from __future__ import annotations
