@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import os
 from pathlib import Path
 from typing import Any

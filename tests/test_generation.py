@@ -13,24 +13,12 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 import hf_rmod
 from hf_rmod import MultiValueHead, RMODConfig, RMODOutput
-from tiny_models import CONFIGS, EOS, PAD, VOCAB, prompts, tiny_causal_lm
+from tiny_models import CONFIGS, PAD, VOCAB, prompts, seeded, spread_head, tiny_causal_lm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARCHS = sorted(CONFIGS)
 
 
-def _head_for(model, objectives=("harmless", "helpful", "honest"), seed=0):
-    torch.manual_seed(seed)
-    head = MultiValueHead.for_policy(model, objectives=list(objectives))
-    with torch.no_grad():  # make the values spread out so the weights matter
-        for p in head.parameters():
-            p.normal_(0.0, 1.0)
-    return head.eval()
-
-
-def _seeded(fn, seed=1234):
-    torch.manual_seed(seed)
-    return fn()
 
 
 SAMPLING = dict(do_sample=True, temperature=0.9, top_k=20, top_p=0.95, repetition_penalty=1.2)
@@ -43,12 +31,12 @@ GREEDY = dict(do_sample=True, top_k=1)
 def test_k1_equals_plain_sampling_token_for_token(arch):
     model = tiny_causal_lm(arch)
     ids, mask = prompts(batch=1, length=5, seed=3)
-    head = _head_for(model)
+    head = spread_head(model)
     cfg = RMODConfig(value_model=head, num_candidates=1, block_size=4, lam=0.5)
     kw = dict(attention_mask=mask, max_new_tokens=19, **SAMPLING)  # 19 is not a multiple of B=4
-    plain = _seeded(lambda: model.generate(ids, **kw))
+    plain = seeded(lambda: model.generate(ids, **kw))
     hf_rmod.enable(model)
-    rmod = _seeded(lambda: model.generate(ids, rmod_config=cfg, **kw))
+    rmod = seeded(lambda: model.generate(ids, rmod_config=cfg, **kw))
     assert plain.shape == rmod.shape
     assert torch.equal(plain, rmod)
 
@@ -57,13 +45,13 @@ def test_k1_equals_plain_sampling_token_for_token(arch):
 def test_k1_parity_with_several_eos_ids_stopping_mid_block(arch):
     model = hf_rmod.enable(tiny_causal_lm(arch))
     ids, mask = prompts(batch=1, length=5, seed=5)
-    probe = _seeded(lambda: model.generate(ids, attention_mask=mask, max_new_tokens=24, do_sample=True, top_k=0))
+    probe = seeded(lambda: model.generate(ids, attention_mask=mask, max_new_tokens=24, do_sample=True, top_k=0))
     new = probe[0, ids.shape[1]:].tolist()
     eos_ids = [new[6], new[10]]  # tokens this seed samples: the run stops inside a block
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=1, block_size=4)
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=1, block_size=4)
     kw = dict(attention_mask=mask, max_new_tokens=24, do_sample=True, top_k=0, eos_token_id=eos_ids, pad_token_id=PAD)
-    plain = _seeded(lambda: model.generate(ids, **kw))
-    rmod = _seeded(lambda: model.generate(ids, rmod_config=cfg, **kw))
+    plain = seeded(lambda: model.generate(ids, **kw))
+    rmod = seeded(lambda: model.generate(ids, rmod_config=cfg, **kw))
     assert plain.shape[1] < ids.shape[1] + 24  # it did stop early
     assert torch.equal(plain, rmod)
 
@@ -71,10 +59,10 @@ def test_k1_parity_with_several_eos_ids_stopping_mid_block(arch):
 def test_k1_parity_batched_without_eos():
     model = hf_rmod.enable(tiny_causal_lm("qwen2"))
     ids, mask = prompts(batch=3, length=6, seed=7, ragged=True)
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=1, block_size=3)
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=1, block_size=3)
     kw = dict(attention_mask=mask, max_new_tokens=10, do_sample=True, eos_token_id=None, pad_token_id=PAD)
-    plain = _seeded(lambda: model.generate(ids, **kw))
-    rmod = _seeded(lambda: model.generate(ids, rmod_config=cfg, **kw))
+    plain = seeded(lambda: model.generate(ids, **kw))
+    rmod = seeded(lambda: model.generate(ids, rmod_config=cfg, **kw))
     assert torch.equal(plain, rmod)
 
 
@@ -96,10 +84,10 @@ def test_prompt_is_prefilled_once_and_each_step_feeds_one_token_per_row(arch):
     model = hf_rmod.enable(tiny_causal_lm(arch))
     batch, plen, K, B, T = 2, 7, 4, 3, 8
     ids, mask = prompts(batch=batch, length=plen, seed=1, ragged=True)
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=K, block_size=B)
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=K, block_size=B)
     counter = _TokenCounter(model)
     try:
-        _seeded(lambda: model.generate(ids, attention_mask=mask, rmod_config=cfg, max_new_tokens=T,
+        seeded(lambda: model.generate(ids, attention_mask=mask, rmod_config=cfg, max_new_tokens=T,
                                        do_sample=True, eos_token_id=None, pad_token_id=PAD))
     finally:
         counter.close()
@@ -124,7 +112,7 @@ def test_finished_prompts_stop_costing_compute():
             break
     stop = stops[0]
     eos = first[stop]
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=2, block_size=4)
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=2, block_size=4)
     counter = _TokenCounter(model)
     try:
         out = model.generate(ids, attention_mask=mask, rmod_config=cfg, max_new_tokens=12, **GREEDY,
@@ -158,8 +146,8 @@ def test_cached_logits_match_a_from_scratch_forward(arch):
     model = hf_rmod.enable(tiny_causal_lm(arch))
     ids, _ = prompts(batch=1, length=4, seed=2)
     rec = _Recorder()
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=3, block_size=4)
-    _seeded(lambda: model.generate(ids, rmod_config=cfg, max_new_tokens=14, do_sample=True, top_k=0,
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=3, block_size=4)
+    seeded(lambda: model.generate(ids, rmod_config=cfg, max_new_tokens=14, do_sample=True, top_k=0,
                                    eos_token_id=None, logits_processor=LogitsProcessorList([rec])))
     assert len(rec.seen) == 14
     with torch.no_grad():
@@ -172,7 +160,7 @@ def test_cached_logits_match_a_from_scratch_forward(arch):
 def test_left_padded_batch_matches_each_prompt_alone():
     model = hf_rmod.enable(tiny_causal_lm("llama"))
     ids, mask = prompts(batch=3, length=7, seed=4, ragged=True)
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=2, block_size=3)
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=2, block_size=3)
     kw = dict(rmod_config=cfg, max_new_tokens=9, **GREEDY, eos_token_id=None, pad_token_id=PAD,
               return_dict_in_generate=True)
     batched = model.generate(ids, attention_mask=mask, **kw)
@@ -186,9 +174,9 @@ def test_left_padded_batch_matches_each_prompt_alone():
 def test_shared_trunk_values_are_the_head_on_the_last_real_token():
     model = hf_rmod.enable(tiny_causal_lm("llama"))
     ids, _ = prompts(batch=1, length=4, seed=8)
-    head = _head_for(model)
+    head = spread_head(model)
     cfg = RMODConfig(value_model=head, num_candidates=3, block_size=3)
-    out = _seeded(lambda: model.generate(ids, rmod_config=cfg, max_new_tokens=6, do_sample=True, top_k=0,
+    out = seeded(lambda: model.generate(ids, rmod_config=cfg, max_new_tokens=6, do_sample=True, top_k=0,
                                          eos_token_id=None, return_dict_in_generate=True))
     with torch.no_grad():
         for n in range(2):
@@ -201,8 +189,8 @@ def test_shared_trunk_values_are_the_head_on_the_last_real_token():
 def test_argmax_keeps_the_candidate_with_largest_weighted_value():
     model = hf_rmod.enable(tiny_causal_lm("phi"))
     ids, mask = prompts(batch=3, length=5, seed=9, ragged=True)
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=6, block_size=4, lam=2.0)
-    out = _seeded(lambda: model.generate(ids, attention_mask=mask, rmod_config=cfg, max_new_tokens=12,
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=6, block_size=4, lam=2.0)
+    out = seeded(lambda: model.generate(ids, attention_mask=mask, rmod_config=cfg, max_new_tokens=12,
                                          do_sample=True, top_k=0, eos_token_id=None, return_dict_in_generate=True))
     assert isinstance(out, RMODOutput)
     assert out.values.shape == (3, 3, 6, 3) and out.weights.shape == (3, 3, 3) and out.chosen.shape == (3, 3)
@@ -217,8 +205,8 @@ def test_argmax_keeps_the_candidate_with_largest_weighted_value():
 def test_robust_weights_are_the_solver_solution():
     model = hf_rmod.enable(tiny_causal_lm("llama"))
     ids, _ = prompts(batch=2, length=5, seed=10)
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=8, block_size=4, lam=3.0)
-    out = _seeded(lambda: model.generate(ids, rmod_config=cfg, max_new_tokens=8, do_sample=True, top_k=0,
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=8, block_size=4, lam=3.0)
+    out = seeded(lambda: model.generate(ids, rmod_config=cfg, max_new_tokens=8, do_sample=True, top_k=0,
                                          eos_token_id=None, return_dict_in_generate=True))
     for n in range(out.weights.shape[1]):
         sol = hf_rmod.solve_weights(out.values[:, n], lam=3.0)
@@ -235,8 +223,8 @@ def test_non_robust_modes_never_call_the_solver(weights, monkeypatch):
     monkeypatch.setattr(solver_module, "solve_weights", boom)
     model = hf_rmod.enable(tiny_causal_lm("llama"))
     ids, _ = prompts(batch=2, length=5, seed=12)
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=4, block_size=4, weights=weights)
-    out = _seeded(lambda: model.generate(ids, rmod_config=cfg, max_new_tokens=8, do_sample=True,
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=4, block_size=4, weights=weights)
+    out = seeded(lambda: model.generate(ids, rmod_config=cfg, max_new_tokens=8, do_sample=True,
                                          eos_token_id=None, return_dict_in_generate=True))
     expected = {"uniform": [1 / 3] * 3, "helpful": [0.0, 1.0, 0.0], 0: [1.0, 0.0, 0.0]}.get(
         weights if not isinstance(weights, list) else None, [0.2, 0.3, 0.5]
@@ -250,8 +238,8 @@ def test_non_robust_modes_never_call_the_solver(weights, monkeypatch):
 def test_sample_selection_draws_from_the_tilted_distribution():
     model = hf_rmod.enable(tiny_causal_lm("llama"))
     ids, _ = prompts(batch=1, length=4, seed=13)
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=4, block_size=2, selection="sample", lam=0.01)
-    out = _seeded(lambda: model.generate(ids, rmod_config=cfg, max_new_tokens=40, do_sample=True,
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=4, block_size=2, selection="sample", lam=0.01)
+    out = seeded(lambda: model.generate(ids, rmod_config=cfg, max_new_tokens=40, do_sample=True,
                                          eos_token_id=None, return_dict_in_generate=True))
     score = torch.einsum("bnkg,bng->bnk", out.values, out.weights)
     # with a tiny lambda the draw is near-uniform: it must not always be the argmax
@@ -261,7 +249,7 @@ def test_sample_selection_draws_from_the_tilted_distribution():
 def test_objective_subset_and_fixed_weights_length():
     model = hf_rmod.enable(tiny_causal_lm("llama"))
     ids, _ = prompts(batch=1, length=4)
-    head = _head_for(model)
+    head = spread_head(model)
     cfg = RMODConfig(value_model=head, num_candidates=2, block_size=2, objectives=["honest", "harmless"])
     out = model.generate(ids, rmod_config=cfg, max_new_tokens=4, **GREEDY, return_dict_in_generate=True)
     assert out.objectives == ("honest", "harmless") and out.values.shape[-1] == 2
@@ -276,11 +264,11 @@ def test_objective_subset_and_fixed_weights_length():
 def test_seeded_runs_are_reproducible():
     model = hf_rmod.enable(tiny_causal_lm("gpt_neox"))
     ids, mask = prompts(batch=2, length=5, seed=14, ragged=True)
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=4, block_size=3)
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=4, block_size=3)
     kw = dict(attention_mask=mask, rmod_config=cfg, max_new_tokens=9, do_sample=True, return_dict_in_generate=True)
-    a, b = _seeded(lambda: model.generate(ids, **kw)), _seeded(lambda: model.generate(ids, **kw))
+    a, b = seeded(lambda: model.generate(ids, **kw)), seeded(lambda: model.generate(ids, **kw))
     assert torch.equal(a.sequences, b.sequences) and torch.equal(a.chosen, b.chosen)
-    c = _seeded(lambda: model.generate(ids, **kw), seed=99)
+    c = seeded(lambda: model.generate(ids, **kw), seed=99)
     assert not torch.equal(a.sequences, c.sequences)
 
 
@@ -294,7 +282,7 @@ def test_own_backbone_value_model_with_cache_matches_full_reencoding():
     head = MultiValueHead.from_backbone(backbone, objectives=["a", "b"]).eval()
     ids, mask = prompts(batch=2, length=6, seed=15, ragged=True)
     cfg = RMODConfig(value_model=head, num_candidates=3, block_size=4)
-    out = _seeded(lambda: model.generate(ids, attention_mask=mask, rmod_config=cfg, max_new_tokens=8,
+    out = seeded(lambda: model.generate(ids, attention_mask=mask, rmod_config=cfg, max_new_tokens=8,
                                          do_sample=True, top_k=0, eos_token_id=None, return_dict_in_generate=True))
     with torch.no_grad():
         for b in range(2):
@@ -329,7 +317,7 @@ def test_value_model_with_another_tokenizer_retokenises_text():
     ids, mask = prompts(batch=2, length=5, seed=19, ragged=True)
     cfg = RMODConfig(value_model=head, num_candidates=3, block_size=3, tokenizer=policy_tok,
                      value_tokenizer=value_tok)
-    out = _seeded(lambda: model.generate(ids, attention_mask=mask, rmod_config=cfg, max_new_tokens=6,
+    out = seeded(lambda: model.generate(ids, attention_mask=mask, rmod_config=cfg, max_new_tokens=6,
                                          do_sample=True, top_k=0, eos_token_id=None, return_dict_in_generate=True))
     with torch.no_grad():
         for b in range(2):
@@ -346,7 +334,7 @@ def test_value_model_with_another_tokenizer_retokenises_text():
 
 def test_value_model_loaded_lazily_from_a_path(tmp_path):
     model = hf_rmod.enable(tiny_causal_lm("llama"))
-    head = _head_for(model)
+    head = spread_head(model)
     head.save_pretrained(tmp_path / "head")
     cfg = RMODConfig(value_model=str(tmp_path / "head"), num_candidates=2, block_size=2)
     ids, _ = prompts(batch=1, length=4)
@@ -430,8 +418,8 @@ def test_streamer_receives_the_prompt_then_each_chosen_block():
     model = hf_rmod.enable(tiny_causal_lm("llama"))
     ids, _ = prompts(batch=1, length=4, seed=16)
     streamer = _CollectingStreamer()
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=3, block_size=4)
-    out = _seeded(lambda: model.generate(ids, rmod_config=cfg, max_new_tokens=10, do_sample=True,
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=3, block_size=4)
+    out = seeded(lambda: model.generate(ids, rmod_config=cfg, max_new_tokens=10, do_sample=True,
                                          eos_token_id=None, streamer=streamer))
     assert streamer.ended
     assert torch.equal(streamer.chunks[0], ids)
@@ -449,7 +437,7 @@ def test_text_streamer_with_a_tokenizer(capsys):
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="w0", eos_token="w1")
     model = hf_rmod.enable(tiny_causal_lm("llama"))
     ids, _ = prompts(batch=1, length=4, seed=17)
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=2, block_size=3)
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=2, block_size=3)
     out = model.generate(ids, rmod_config=cfg, max_new_tokens=6, **GREEDY, eos_token_id=None,
                          streamer=TextStreamer(tokenizer))
     printed = capsys.readouterr().out
@@ -459,11 +447,11 @@ def test_text_streamer_with_a_tokenizer(capsys):
 def test_enable_leaves_plain_generate_and_saving_untouched(tmp_path):
     model = tiny_causal_lm("llama")
     ids, _ = prompts(batch=1, length=4)
-    before = _seeded(lambda: model.generate(ids, max_new_tokens=6, do_sample=True))
+    before = seeded(lambda: model.generate(ids, max_new_tokens=6, do_sample=True))
     archs = list(model.config.architectures or [])
     assert hf_rmod.enable(model) is model
     assert hf_rmod.enable(model) is model  # idempotent
-    after = _seeded(lambda: model.generate(ids, max_new_tokens=6, do_sample=True))
+    after = seeded(lambda: model.generate(ids, max_new_tokens=6, do_sample=True))
     assert torch.equal(before, after)
     model.save_pretrained(tmp_path / "m")
     import json
@@ -480,7 +468,7 @@ def test_enable_leaves_plain_generate_and_saving_untouched(tmp_path):
 def test_plain_model_without_enable_rejects_rmod_config():
     model = tiny_causal_lm("llama")
     ids, _ = prompts(batch=1, length=4)
-    head = _head_for(model)
+    head = spread_head(model)
     with pytest.raises(ValueError, match="rmod_config"):
         model.generate(ids, rmod_config=RMODConfig(value_model=head), max_new_tokens=2)
 
@@ -488,9 +476,9 @@ def test_plain_model_without_enable_rejects_rmod_config():
 def test_custom_generate_local_directory_without_enable():
     model = tiny_causal_lm("llama")
     ids, _ = prompts(batch=1, length=4, seed=18)
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=1, block_size=3)
-    plain = _seeded(lambda: model.generate(ids, max_new_tokens=7, do_sample=True))
-    rmod = _seeded(lambda: model.generate(ids, custom_generate=str(REPO_ROOT), trust_remote_code=True,
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=1, block_size=3)
+    plain = seeded(lambda: model.generate(ids, max_new_tokens=7, do_sample=True))
+    rmod = seeded(lambda: model.generate(ids, custom_generate=str(REPO_ROOT), trust_remote_code=True,
                                           rmod_config=cfg, max_new_tokens=7, do_sample=True))
     assert torch.equal(plain, rmod)
     with pytest.raises(ValueError, match="trust_remote_code"):
@@ -506,7 +494,7 @@ def test_text_generation_pipeline_passes_rmod_config():
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="w0", eos_token="w1")
     model = hf_rmod.enable(tiny_causal_lm("llama"))
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=2, block_size=2)
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=2, block_size=2)
     pipe = pipeline("text-generation", model=model, tokenizer=tokenizer)
     calls = []
     original = hf_rmod.RobustMultiObjectiveGenerator._weights
@@ -528,7 +516,7 @@ def test_num_beams_is_rejected():
     model = hf_rmod.enable(tiny_causal_lm("llama"))
     ids, _ = prompts(batch=1, length=4)
     with pytest.raises(ValueError, match="num_beams"):
-        model.generate(ids, rmod_config=RMODConfig(value_model=_head_for(model)), num_beams=2, max_new_tokens=2)
+        model.generate(ids, rmod_config=RMODConfig(value_model=spread_head(model)), num_beams=2, max_new_tokens=2)
 
 
 # ----------------------------------------------------------------------------------------------- the real model
@@ -543,12 +531,12 @@ def test_gguf_loaded_smollm2_parity_and_rmod():
     model, tokenizer = load_default_policy()  # cached per process (shared with test_defaults)
     hf_rmod.enable(model)
     enc = build_chat_prompts(tokenizer, ["Say hi.", "Name a colour and a fruit."])
-    head = _head_for(model, objectives=("harmless", "helpful"))
+    head = spread_head(model, objectives=("harmless", "helpful"))
     kw = dict(**enc, max_new_tokens=10, do_sample=True, temperature=0.7, top_k=0)
-    plain = _seeded(lambda: model.generate(**kw))
-    k1 = _seeded(lambda: model.generate(**kw, rmod_config=RMODConfig(value_model=head, num_candidates=1, block_size=4)))
+    plain = seeded(lambda: model.generate(**kw))
+    k1 = seeded(lambda: model.generate(**kw, rmod_config=RMODConfig(value_model=head, num_candidates=1, block_size=4)))
     assert torch.equal(plain, k1)
-    out = _seeded(lambda: model.generate(**kw, rmod_config=RMODConfig(value_model=head, num_candidates=4, block_size=4),
+    out = seeded(lambda: model.generate(**kw, rmod_config=RMODConfig(value_model=head, num_candidates=4, block_size=4),
                                          return_dict_in_generate=True))
     assert out.values.shape[:3] == (2, 3, 4)
     score = torch.einsum("bnkg,bng->bnk", out.values, out.weights)

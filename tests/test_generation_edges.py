@@ -12,21 +12,9 @@ from transformers import CompileConfig, LogitsProcessor, LogitsProcessorList, St
 import hf_rmod
 import hf_rmod.generation as generation
 from hf_rmod import MultiValueHead, RMODConfig
-from tiny_models import PAD, VOCAB, prompts, tiny_causal_lm
+from tiny_models import PAD, VOCAB, prompts, seeded, spread_head, tiny_causal_lm
 
 
-def _head_for(model, objectives=("harmless", "helpful", "honest"), seed=0):
-    torch.manual_seed(seed)
-    head = MultiValueHead.for_policy(model, objectives=list(objectives))
-    with torch.no_grad():  # spread the values so that the weights matter
-        for p in head.parameters():
-            p.normal_(0.0, 1.0)
-    return head.eval()
-
-
-def _seeded(fn, seed=1234):
-    torch.manual_seed(seed)
-    return fn()
 
 
 def _same_run(a, b):
@@ -52,25 +40,25 @@ class _RowCounter:
 def test_static_cache_gives_the_dynamic_cache_run(arch):
     model = hf_rmod.enable(tiny_causal_lm(arch))
     ids, mask = prompts(batch=2, length=6, seed=21, ragged=True)
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=3, block_size=4, lam=1.0)
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=3, block_size=4, lam=1.0)
     kw = dict(attention_mask=mask, rmod_config=cfg, max_new_tokens=10, do_sample=True, top_k=0, eos_token_id=None,
               pad_token_id=PAD, return_dict_in_generate=True)  # 10 = 2.5 blocks: the last token is fed too
-    dynamic = _seeded(lambda: model.generate(ids, **kw))
-    static = _seeded(lambda: model.generate(ids, cache_implementation="static", **kw))
+    dynamic = seeded(lambda: model.generate(ids, **kw))
+    static = seeded(lambda: model.generate(ids, cache_implementation="static", **kw))
     _same_run(dynamic, static)
 
 
 def test_static_cache_keeps_finished_prompts_rows_and_the_same_random_draws():
     model = hf_rmod.enable(tiny_causal_lm("llama"))
     ids, mask = prompts(batch=3, length=5, seed=22, ragged=True)
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=2, block_size=3, lam=1.0)
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=2, block_size=3, lam=1.0)
     # ten EOS ids: prompts end in different blocks (checked below)
     kw = dict(attention_mask=mask, rmod_config=cfg, max_new_tokens=18, do_sample=True, top_k=0,
               eos_token_id=list(range(40, 50)), pad_token_id=PAD, return_dict_in_generate=True)
-    dynamic = _seeded(lambda: model.generate(ids, **kw))
+    dynamic = seeded(lambda: model.generate(ids, **kw))
     counter = _RowCounter(model)
     try:
-        static = _seeded(lambda: model.generate(ids, cache_implementation="static", **kw))
+        static = seeded(lambda: model.generate(ids, cache_implementation="static", **kw))
     finally:
         counter.close()
     n_blocks = dynamic.block_mask.sum(-1)
@@ -82,18 +70,18 @@ def test_static_cache_keeps_finished_prompts_rows_and_the_same_random_draws():
 def test_static_cache_k1_equals_plain_generate_with_a_static_cache():
     model = hf_rmod.enable(tiny_causal_lm("qwen2"))
     ids, mask = prompts(batch=2, length=5, seed=23, ragged=True)
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=1, block_size=4)
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=1, block_size=4)
     kw = dict(attention_mask=mask, max_new_tokens=11, do_sample=True, temperature=0.9, top_k=20,
               cache_implementation="static", eos_token_id=None, pad_token_id=PAD)
-    plain = _seeded(lambda: model.generate(ids, **kw))
-    rmod = _seeded(lambda: model.generate(ids, rmod_config=cfg, **kw))
+    plain = seeded(lambda: model.generate(ids, **kw))
+    rmod = seeded(lambda: model.generate(ids, rmod_config=cfg, **kw))
     assert torch.equal(plain, rmod)
 
 
 def test_user_static_cache_too_small_is_refused_naming_the_sizes():
     model = hf_rmod.enable(tiny_causal_lm("llama"))
     ids, _ = prompts(batch=1, length=5, seed=24)
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=2, block_size=4)
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=2, block_size=4)
     small = StaticCache(config=model.config, max_cache_len=5 + 8 - 1)  # what `generate` itself would need
     with pytest.raises(ValueError, match=r"holds 12 positions.*= 13"):
         model.generate(ids, rmod_config=cfg, cache=small, max_new_tokens=8, do_sample=True)
@@ -115,16 +103,16 @@ def _counting_backend():
 def test_compiled_forward_with_static_cache_gives_the_eager_run():
     model = hf_rmod.enable(tiny_causal_lm("llama"))
     ids, mask = prompts(batch=2, length=5, seed=25, ragged=True)
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=3, block_size=4, lam=1.0)
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=3, block_size=4, lam=1.0)
     kw = dict(attention_mask=mask, rmod_config=cfg, max_new_tokens=10, do_sample=True, top_k=0,
               eos_token_id=list(range(40, 45)), pad_token_id=PAD, return_dict_in_generate=True)
-    eager = _seeded(lambda: model.generate(ids, **kw))
+    eager = seeded(lambda: model.generate(ids, **kw))
     backend, compiled = _counting_backend()
     cc = CompileConfig(backend=backend, mode=None)
     cc._compile_all_devices = True  # transformers compiles on accelerators only unless asked
-    first = _seeded(lambda: model.generate(ids, cache_implementation="static", compile_config=cc, **kw))
+    first = seeded(lambda: model.generate(ids, cache_implementation="static", compile_config=cc, **kw))
     n_graphs = len(compiled)
-    second = _seeded(lambda: model.generate(ids, cache_implementation="static", compile_config=cc, **kw))
+    second = seeded(lambda: model.generate(ids, cache_implementation="static", compile_config=cc, **kw))
     assert n_graphs >= 1  # the decode steps ran through torch.compile
     assert len(compiled) == n_graphs  # a second call reuses the graphs: fixed rows, in-place cache reorders
     _same_run(eager, first)
@@ -135,14 +123,14 @@ def test_compiled_rmod_after_compiled_plain_generate_still_reads_the_hidden_stat
     """Plain `generate` compiles first (no lm_head hook in its graph); RMOD must not reuse that graph."""
     model = hf_rmod.enable(tiny_causal_lm("llama"))
     ids, mask = prompts(batch=2, length=5, seed=40, ragged=True)
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=3, block_size=4)
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=3, block_size=4)
     cc = CompileConfig(backend="eager", mode=None)
     cc._compile_all_devices = True
     kw = dict(attention_mask=mask, max_new_tokens=10, do_sample=True, eos_token_id=None, pad_token_id=PAD)
     static = dict(cache_implementation="static", compile_config=cc, max_cache_len=32)  # one cache shape for both
-    _seeded(lambda: model.generate(ids, num_return_sequences=3, **static, **kw))
-    eager = _seeded(lambda: model.generate(ids, rmod_config=cfg, return_dict_in_generate=True, **kw))
-    compiled = _seeded(lambda: model.generate(ids, rmod_config=cfg, return_dict_in_generate=True, **static, **kw))
+    seeded(lambda: model.generate(ids, num_return_sequences=3, **static, **kw))
+    eager = seeded(lambda: model.generate(ids, rmod_config=cfg, return_dict_in_generate=True, **kw))
+    compiled = seeded(lambda: model.generate(ids, rmod_config=cfg, return_dict_in_generate=True, **static, **kw))
     _same_run(eager, compiled)
 
 
@@ -151,13 +139,13 @@ def test_inductor_compiled_rmod_matches_eager():
     """Real inductor codegen on the CPU: ~50 s of compilation for a tiny model, hence slow."""
     model = hf_rmod.enable(tiny_causal_lm("llama"))
     ids, mask = prompts(batch=2, length=5, seed=26, ragged=True)
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=3, block_size=4)
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=3, block_size=4)
     kw = dict(attention_mask=mask, rmod_config=cfg, max_new_tokens=10, do_sample=True, top_k=0, eos_token_id=None,
               pad_token_id=PAD, return_dict_in_generate=True)
-    eager = _seeded(lambda: model.generate(ids, **kw))
+    eager = seeded(lambda: model.generate(ids, **kw))
     cc = CompileConfig(mode="default")
     cc._compile_all_devices = True
-    compiled = _seeded(lambda: model.generate(ids, cache_implementation="static", compile_config=cc, **kw))
+    compiled = seeded(lambda: model.generate(ids, cache_implementation="static", compile_config=cc, **kw))
     assert torch.equal(eager.sequences, compiled.sequences)
     torch.testing.assert_close(eager.values, compiled.values, atol=1e-4, rtol=1e-4)
 
@@ -179,9 +167,9 @@ def test_prefix_allowed_tokens_fn_gets_the_prompt_index_not_the_row():
         seen[batch_id] += 1
         return allowed[batch_id]
 
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=2, block_size=3)
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=2, block_size=3)
     kw = dict(_finishing_kwargs(), eos_token_id=[40, 41, 42])
-    out = _seeded(lambda: model.generate(ids, attention_mask=mask, rmod_config=cfg, prefix_allowed_tokens_fn=fn,
+    out = seeded(lambda: model.generate(ids, attention_mask=mask, rmod_config=cfg, prefix_allowed_tokens_fn=fn,
                                          return_dict_in_generate=True, **kw))
     assert set(seen) == {0, 1, 2}
     for b in range(3):
@@ -200,8 +188,8 @@ def test_prefix_allowed_tokens_fn_with_num_return_sequences():
         got.add(batch_id)
         return [11 + batch_id, 12 + batch_id]
 
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=2, block_size=2)
-    out = _seeded(lambda: model.generate(ids, rmod_config=cfg, prefix_allowed_tokens_fn=fn, num_return_sequences=2,
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=2, block_size=2)
+    out = seeded(lambda: model.generate(ids, rmod_config=cfg, prefix_allowed_tokens_fn=fn, num_return_sequences=2,
                                          max_new_tokens=4, do_sample=True, eos_token_id=None))
     assert got == {0, 1} and out.shape == (4, 8)
     for row in range(4):
@@ -221,8 +209,8 @@ def test_encoder_repetition_penalty_uses_each_rows_own_prompt():
     model = hf_rmod.enable(tiny_causal_lm("llama"))
     ids, _ = prompts(batch=3, length=5, seed=29)
     rec = _Recorder()
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=2, block_size=3)
-    out = _seeded(lambda: model.generate(ids, rmod_config=cfg, encoder_repetition_penalty=4.0,
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=2, block_size=3)
+    out = seeded(lambda: model.generate(ids, rmod_config=cfg, encoder_repetition_penalty=4.0,
                                          logits_processor=LogitsProcessorList([rec]), return_dict_in_generate=True,
                                          **_finishing_kwargs()))
     assert not out.block_mask.all()
@@ -239,7 +227,7 @@ def test_encoder_repetition_penalty_uses_each_rows_own_prompt():
 def test_guidance_scale_is_refused_naming_the_processor():
     model = hf_rmod.enable(tiny_causal_lm("llama"))
     ids, _ = prompts(batch=1, length=4, seed=30)
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=2, block_size=2)
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=2, block_size=2)
     with pytest.raises(ValueError, match="UnbatchedClassifierFreeGuidanceLogitsProcessor.*guidance_scale"):
         model.generate(ids, rmod_config=cfg, guidance_scale=1.5, max_new_tokens=4, do_sample=True)
 
@@ -247,8 +235,8 @@ def test_guidance_scale_is_refused_naming_the_processor():
 def test_sequence_bias_and_bad_words_are_fine_with_candidate_rows():
     model = hf_rmod.enable(tiny_causal_lm("llama"))
     ids, mask = prompts(batch=2, length=5, seed=31, ragged=True)
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=3, block_size=3)
-    out = _seeded(lambda: model.generate(ids, attention_mask=mask, rmod_config=cfg, bad_words_ids=[[7], [8]],
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=3, block_size=3)
+    out = seeded(lambda: model.generate(ids, attention_mask=mask, rmod_config=cfg, bad_words_ids=[[7], [8]],
                                          sequence_bias={(9,): 50.0}, max_new_tokens=9, do_sample=True,
                                          eos_token_id=None))
     new = out[:, 5:]
@@ -298,10 +286,10 @@ class _Bf16Scorer:
 def test_bf16_policy_values_solver_and_selection_run_in_float32():
     model = hf_rmod.enable(tiny_causal_lm("llama").to(torch.bfloat16))
     ids, mask = prompts(batch=2, length=5, seed=33, ragged=True)
-    head = _head_for(model)
+    head = spread_head(model)
     assert all(p.dtype == torch.float32 for p in head.parameters())
     cfg = RMODConfig(value_model=head, num_candidates=4, block_size=3, lam=1.0)
-    out = _seeded(lambda: model.generate(ids, attention_mask=mask, rmod_config=cfg, max_new_tokens=9, do_sample=True,
+    out = seeded(lambda: model.generate(ids, attention_mask=mask, rmod_config=cfg, max_new_tokens=9, do_sample=True,
                                          eos_token_id=None, return_dict_in_generate=True))
     assert out.values.dtype == out.weights.dtype == torch.float32
     assert torch.isfinite(out.values).all() and (out.solver_gap <= 1e-5).all()
@@ -315,10 +303,10 @@ def test_bf16_policy_values_solver_and_selection_run_in_float32():
 def test_scorer_values_in_bf16_are_cast_to_float32():
     model = hf_rmod.enable(tiny_causal_lm("llama"))
     ids, _ = prompts(batch=2, length=5, seed=34)
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=3, block_size=3, lam=1.0)
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=3, block_size=3, lam=1.0)
     gen = hf_rmod.RobustMultiObjectiveGenerator(
         scorer_factory=lambda head, policy, c: _Bf16Scorer(hf_rmod.scoring.make_scorer(head, policy, c)))
-    out = _seeded(lambda: hf_rmod.generate(model, ids, rmod_config=cfg, custom_generate=gen, max_new_tokens=6,
+    out = seeded(lambda: hf_rmod.generate(model, ids, rmod_config=cfg, custom_generate=gen, max_new_tokens=6,
                                            do_sample=True, eos_token_id=None, return_dict_in_generate=True))
     assert out.values.dtype == torch.float32
     score = torch.einsum("bnkg,bng->bnk", out.values, out.weights)
@@ -335,7 +323,7 @@ def _report_device(model, device):
 
 def test_a_value_head_the_user_placed_is_not_moved():
     model = hf_rmod.enable(tiny_causal_lm("llama"))
-    head = _head_for(model)
+    head = spread_head(model)
     _report_device(model, "meta")  # policy.device says "meta"; lm_head (and the hidden states) are on the CPU
     ids, _ = prompts(batch=1, length=4, seed=35)
     cfg = RMODConfig(value_model=head, num_candidates=2, block_size=2)
@@ -347,7 +335,7 @@ def test_a_value_head_the_user_placed_is_not_moved():
 
 def test_a_loaded_value_head_goes_to_the_lm_head_device_not_policy_device(tmp_path):
     model = hf_rmod.enable(tiny_causal_lm("llama"))
-    _head_for(model).save_pretrained(tmp_path / "head")
+    spread_head(model).save_pretrained(tmp_path / "head")
     _report_device(model, "meta")
     ids, _ = prompts(batch=1, length=4, seed=36)
     cfg = RMODConfig(value_model=str(tmp_path / "head"), num_candidates=2, block_size=2)
@@ -363,7 +351,7 @@ def test_shared_trunk_scorer_moves_the_hidden_states_not_the_head():
     from hf_rmod.scoring import PolicyHiddenStateScorer
 
     model = tiny_causal_lm("llama")
-    head = _head_for(model)
+    head = spread_head(model)
     scorer = PolicyHiddenStateScorer(head, model)
     moves = []
 
@@ -396,15 +384,15 @@ def test_device_mapped_policy_with_heads_on_either_side():
     ids, mask = prompts(batch=2, length=5, seed=37, ragged=True)
     kw = dict(attention_mask=mask, max_new_tokens=8, do_sample=True, top_k=1, eos_token_id=None, pad_token_id=PAD)
     for where in ("cuda:0", "cpu"):
-        head = _head_for(model).to(where)
+        head = spread_head(model).to(where)
         cfg = RMODConfig(value_model=head, num_candidates=3, block_size=4)
-        out = _seeded(lambda: model.generate(ids, rmod_config=cfg, return_dict_in_generate=True, **kw))
+        out = seeded(lambda: model.generate(ids, rmod_config=cfg, return_dict_in_generate=True, **kw))
         assert all(p.device == torch.device(where) for p in head.parameters())  # never moved
         score = torch.einsum("bnkg,bng->bnk", out.values, out.weights)
         assert torch.equal(score.argmax(-1), out.chosen) and torch.isfinite(out.values).all()
-    k1 = RMODConfig(value_model=_head_for(model).to("cuda:0"), num_candidates=1, block_size=3)
-    plain = _seeded(lambda: model.generate(ids, **kw))
-    assert torch.equal(plain, _seeded(lambda: model.generate(ids, rmod_config=k1, **kw)))
+    k1 = RMODConfig(value_model=spread_head(model).to("cuda:0"), num_candidates=1, block_size=3)
+    plain = seeded(lambda: model.generate(ids, **kw))
+    assert torch.equal(plain, seeded(lambda: model.generate(ids, rmod_config=k1, **kw)))
 
 
 @pytest.mark.gpu
@@ -412,11 +400,11 @@ def test_device_mapped_policy_with_heads_on_either_side():
 def test_static_cache_and_compile_on_cuda_match_eager():
     model = hf_rmod.enable(tiny_causal_lm("llama").to("cuda"))
     ids, mask = (t.to("cuda") for t in prompts(batch=2, length=5, seed=38, ragged=True))
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=4, block_size=4)
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=4, block_size=4)
     kw = dict(attention_mask=mask, rmod_config=cfg, max_new_tokens=12, do_sample=True, top_k=1, eos_token_id=None,
               pad_token_id=PAD, return_dict_in_generate=True)
-    eager = _seeded(lambda: model.generate(ids, **kw))
-    compiled = _seeded(lambda: model.generate(ids, cache_implementation="static", **kw))  # compiles on CUDA
+    eager = seeded(lambda: model.generate(ids, **kw))
+    compiled = seeded(lambda: model.generate(ids, cache_implementation="static", **kw))  # compiles on CUDA
     assert torch.equal(eager.sequences, compiled.sequences)
 
 
@@ -439,7 +427,7 @@ def _syncs_per_block(model, ids, cfg, B, monkeypatch):
     def run(n_blocks):
         python_reads.clear()
         with profile(activities=[ProfilerActivity.CPU], with_stack=True) as prof:
-            _seeded(lambda: model.generate(ids, rmod_config=cfg, max_new_tokens=B * n_blocks, do_sample=True,
+            seeded(lambda: model.generate(ids, rmod_config=cfg, max_new_tokens=B * n_blocks, do_sample=True,
                                            eos_token_id=[VOCAB + 5], pad_token_id=PAD))
         ours = 0
         for event in prof.events():
@@ -460,7 +448,7 @@ def test_host_syncs_per_block_on_an_accelerator(monkeypatch):
     model = hf_rmod.enable(tiny_causal_lm("llama"))
     ids, _ = prompts(batch=2, length=5, seed=39)
     B = 8
-    cfg = RMODConfig(value_model=_head_for(model), num_candidates=4, block_size=B, weights="uniform")
+    cfg = RMODConfig(value_model=spread_head(model), num_candidates=4, block_size=B, weights="uniform")
     aten, python = _syncs_per_block(model, ids, cfg, B, monkeypatch)
     # one read per block: which prompts' chosen candidates finished (`unfinished[chosen].tolist()`); no per-step
     # check; before issue 11 it was B/4 + 3 (every 4th step, `bool(still.any())`, two boolean-mask indexings)

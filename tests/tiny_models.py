@@ -58,3 +58,21 @@ def prompts(batch: int = 2, length: int = 6, seed: int = 0, ragged: bool = False
             ids[b, :pad] = PAD
             mask[b, :pad] = 0
     return ids, mask
+
+
+def spread_head(model, objectives=("harmless", "helpful", "honest"), seed=0):
+    """A shared-trunk MultiValueHead for `model` with N(0, 1) weights (values spread out, so the weights matter)."""
+    from hf_rmod import MultiValueHead
+
+    torch.manual_seed(seed)
+    head = MultiValueHead.for_policy(model, objectives=list(objectives))
+    with torch.no_grad():
+        for p in head.parameters():
+            p.normal_(0.0, 1.0)
+    return head.eval()
+
+
+def seeded(fn, seed=1234):
+    """``fn()`` after ``torch.manual_seed(seed)``."""
+    torch.manual_seed(seed)
+    return fn()
