@@ -55,3 +55,10 @@ def test_evaluate_with_a_value_tokenizer(tmp_path):
     with pytest.raises(ValueError, match="value_head.value_tokenizer"):  # resuming without it would mix scorers
         evaluate(model, tokenizer, head, [good, length], PROMPTS, methods, output_dir=tmp_path / "run",
                  value_tokenizer=tiny_tokenizer(), **fast)
+
+
+def test_eval_method_rmod_field_defaults_to_none():
+    """`EvalMethod.rmod(...)` (a constructor) must not become the default of the `rmod` field."""
+    assert EvalMethod("plain").rmod is None and EvalMethod("plain").kind == "reference"
+    assert EvalMethod.rmod(k=8, b=16, lam=0.5).rmod == {"num_candidates": 8, "block_size": 16, "lam": 0.5,
+                                                        "weights": "robust"}

@@ -108,13 +108,8 @@ class EvalMethod:
         """Controlled decoding with uniform weights ``1/G`` (the paper's UNIFORM baseline)."""
         return cls(name or f"uniform_k{k}_b{b}", {"num_candidates": k, "block_size": b, "weights": "uniform"})
 
-    @classmethod
-    def rmod(cls, k: int, b: int, lam: float = 0.5, name: str | None = None) -> "EvalMethod":
-        """Robust multi-objective decoding with worst-case weights (Algorithm 1), trade-off ``lam``."""
-        return cls(
-            name or f"rmod_k{k}_b{b}_lam{format_number(lam)}",
-            {"num_candidates": k, "block_size": b, "lam": lam, "weights": "robust"},
-        )
+    # `EvalMethod.rmod(k, b, lam)` is attached after the class: a classmethod named like the `rmod` field,
+    # defined in the class body, would become the field's default (EvalMethod("x").rmod would be a method).
 
     # -- properties ------------------------------------------------------------------------------------------
     @property
@@ -134,6 +129,18 @@ class EvalMethod:
     def to_dict(self) -> dict:
         """JSON-serialisable ``{"name", "kind", "rmod"}``."""
         return {"name": self.name, "kind": self.kind, "rmod": jsonable(self.rmod)}
+
+
+def _rmod_method(cls, k: int, b: int, lam: float = 0.5, name: str | None = None) -> EvalMethod:
+    """Robust multi-objective decoding with worst-case weights (Algorithm 1), trade-off ``lam``."""
+    return cls(
+        name or f"rmod_k{k}_b{b}_lam{format_number(lam)}",
+        {"num_candidates": k, "block_size": b, "lam": lam, "weights": "robust"},
+    )
+
+
+_rmod_method.__name__ = _rmod_method.__qualname__ = "rmod"
+EvalMethod.rmod = classmethod(_rmod_method)  # instances keep their `rmod` field; the class gets the constructor
 
 
 def method_kind(rmod: Mapping | None) -> str:
