@@ -505,9 +505,24 @@ def _run_evaluate(policy: PolicyArguments, args: EvaluationArguments, config: Ev
         from transformers import AutoTokenizer
 
         value_tokenizer = AutoTokenizer.from_pretrained(args.value_tokenizer)
+    value_model = None
+    if args.value_rewards:
+        if value_tokenizer is not None:
+            raise UsageError("--value-rewards scores decoded text: it does not take --value-tokenizer.")
+        from .reward_values import RewardValueModel
+
+        if args.value_rewards == ["default"]:
+            from .rewards import default_reward_functions
+
+            value_fns = default_reward_functions(device)
+        else:
+            from .rewards import load_reward_functions
+
+            value_fns = load_reward_functions(args.value_rewards)
+        value_model = RewardValueModel(value_fns, tokenizer=tokenizer, normalization=head)
     result = evaluate(model, tokenizer, head, rewards, prompts, methods, config, output_dir=args.output_dir,
                       accelerator=accelerator, show_progress=args.progress, policy_id=policy.policy,
-                      value_tokenizer=value_tokenizer)
+                      value_tokenizer=value_tokenizer, value_model=value_model)
     if accelerator is None or accelerator.is_main_process:
         print(result.summary_md_path.read_text(encoding="utf-8"))
         print(f"results: {result.results_path}\nsummary: {result.summary_path}")

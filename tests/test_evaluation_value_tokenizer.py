@@ -1,6 +1,9 @@
-"""`evaluate(..., value_tokenizer=...)` (issue 11, item 6): a value head on another vocabulary than the policy's is
-evaluated through the re-tokenising scorer, its tokenizer is part of the resume check, and without it the
-mismatch is refused before anything is generated."""
+"""Value models other than a head on the policy's tokens in `evaluate`:
+
+- `value_tokenizer=` (issue 11, item 6): a value head on another vocabulary is evaluated through the re-tokenising
+  scorer, its tokenizer is part of the resume check, and without it the mismatch is refused before generating;
+- `value_model=`: reward models on the partial text score RMOD's candidates instead of the head.
+"""
 
 from __future__ import annotations
 
@@ -62,3 +65,27 @@ def test_eval_method_rmod_field_defaults_to_none():
     assert EvalMethod("plain").rmod is None and EvalMethod("plain").kind == "reference"
     assert EvalMethod.rmod(k=8, b=16, lam=0.5).rmod == {"num_candidates": 8, "block_size": 16, "lam": 0.5,
                                                         "weights": "robust"}
+
+
+def test_evaluate_with_reward_models_as_the_value(tmp_path):
+    """`evaluate(value_model=RewardValueModel(...))`: RMOD scores candidates with the rewards on the partial text
+    (normalised with the head's statistics); which value model scored is part of the resume check."""
+    from hf_rmod.reward_values import RewardValueModel
+    from test_evaluation import tiny_head
+
+    model, tokenizer = tiny_causal_lm("llama"), tiny_tokenizer()
+    head = tiny_head(model)
+    value_model = RewardValueModel({"good": good, "length": length}, tokenizer=tokenizer, normalization=head)
+    methods = [EvalMethod.reference(), EvalMethod.rmod(k=2, b=4, lam=0.5)]
+    fast = {**FAST, "plots": False}
+    result = evaluate(model, tokenizer, head, [good, length], PROMPTS, methods, output_dir=tmp_path / "run",
+                      value_model=value_model, **fast)
+    rows = [json.loads(line) for line in result.results_path.read_text().splitlines()]
+    rmod_rows = [r for r in rows if r["method"] != "reference"]
+    assert len(rmod_rows) == len(PROMPTS) and all(r["weights"] for r in rmod_rows)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    described = run["value_head"]["value_model"]
+    assert described["class"].endswith("RewardValueModel") and described["objectives"] == ["good", "length"]
+    assert [r["name"] for r in described["rewards"]] == ["good", "length"]
+    with pytest.raises(ValueError, match="value_head.value_model"):  # the head itself would score now: refused
+        evaluate(model, tokenizer, head, [good, length], PROMPTS, methods, output_dir=tmp_path / "run", **fast)

@@ -349,6 +349,13 @@ class EvaluationArguments:
     value_head: Optional[str] = field(
         default=None, metadata={"help": "MultiValueHead folder (default: the shipped value head)."}
     )
+    value_rewards: Optional[list[str]] = field(
+        default=None,
+        metadata={"help": "Score RMOD's candidates with these reward functions on the partial text instead of the value "
+                  "head (a RewardValueModel normalised with the head's statistics; no training): NAME=MODULE:CALLABLE "
+                  "specs as --reward, or `default` for the offline harmless/helpful rewards.",
+                  "metavar": "NAME=MODULE:CALLABLE", "action": "extend"},
+    )
     value_tokenizer: Optional[str] = field(
         default=None,
         metadata={"help": "Tokenizer (folder or Hub id) of a value head on another vocabulary than the policy's: RMOD "

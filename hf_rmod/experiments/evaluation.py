@@ -113,6 +113,7 @@ def evaluate(
     show_progress: bool = True,
     policy_id: str | None = None,
     value_tokenizer: Any = None,
+    value_model: Any = None,
     **overrides: Any,
 ) -> EvaluationResult:
     """Generate with every method on every prompt, score, summarize and plot (resumable).
@@ -169,6 +170,11 @@ def evaluate(
     Returns:
         An :class:`EvaluationResult`.
 
+    ``value_model``: what the RMOD methods score candidates with instead of ``value_head`` (e.g. a
+    :class:`~hf_rmod.reward_values.RewardValueModel`: the reward models on the partial text, normalised with the
+    head's statistics); ``value_head`` still supplies the objectives' normalisation of the summary. Its
+    description is part of run.json's resume check.
+
     ``value_tokenizer``: the tokenizer of a value model that does not share the policy's tokenizer (a backbone
     head on another vocabulary); every RMOD method then re-tokenises the candidates' text for it
     (``RMODConfig(value_tokenizer=..., tokenizer=<the policy's>)``, see :class:`~hf_rmod.RMODConfig`).
@@ -179,14 +185,14 @@ def evaluate(
             generated with other settings, an unknown keyword.
     """
     config = merge_config(EvaluationConfig, config, overrides, "evaluate")
-    run = _prepare(model, tokenizer, value_head, reward_fns, prompts, methods, config, value_tokenizer)
+    run = _prepare(model, tokenizer, value_head, reward_fns, prompts, methods, config, value_tokenizer, value_model)
     out_dir = Path(output_dir)
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
     is_main = accelerator is None or accelerator.is_main_process
     settings = _results.run_settings(
         config=config, generation_kwargs=run.sampling, world=world, policy=_results.describe_policy(model, policy_id),
-        value_head=_results.describe_value_head(value_head, value_tokenizer), rewards=run.rewards,
+        value_head=_results.describe_value_head(value_head, value_tokenizer, value_model), rewards=run.rewards,
     )
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -211,7 +217,7 @@ def evaluate(
 # checks (everything that can fail does so before any generation)
 # ------------------------------------------------------------------------------------------------------------
 def _prepare(model, tokenizer, value_head, reward_fns, prompts, methods, config: EvaluationConfig,
-             value_tokenizer: Any = None) -> _Run:
+             value_tokenizer: Any = None, value_model: Any = None) -> _Run:
     """Validate the inputs and build the per-method RMOD configs and the sampling settings."""
     prompts = _check_prompts(prompts)
     methods = _check_methods(methods)
@@ -234,9 +240,10 @@ def _prepare(model, tokenizer, value_head, reward_fns, prompts, methods, config:
         raise TypeError(f"Reward function {not_callable[0]!r} is not callable; pass fn(prompts, responses) -> Tensor.")
     sampling = _sampling_kwargs(config, tokenizer, model)
     tokenizers = {"value_tokenizer": value_tokenizer, "tokenizer": tokenizer} if value_tokenizer is not None else {}
-    rmod_configs = _rmod_configs(methods, value_head, config.max_new_tokens, tokenizers)
+    scorer_model = value_head if value_model is None else value_model
+    rmod_configs = _rmod_configs(methods, scorer_model, config.max_new_tokens, tokenizers)
     if any(cfg is not None for cfg in rmod_configs.values()):
-        if value_tokenizer is None:  # re-tokenising value models read text, not the policy's ids
+        if value_tokenizer is None and value_model is None:  # text-reading value models skip the ids check
             value_head.check_compatible(model)
         enable(model)
     return _Run(model, tokenizer, reward_fns, rewards, prompts, methods, config, sampling, rmod_configs,
@@ -286,7 +293,7 @@ def _sampling_kwargs(config: EvaluationConfig, tokenizer, model) -> dict:
     return kwargs
 
 
-def _rmod_configs(methods: list[EvalMethod], value_head: MultiValueHead, max_new_tokens: int,
+def _rmod_configs(methods: list[EvalMethod], value_head: Any, max_new_tokens: int,
                   tokenizers: dict | None = None) -> dict:
     """``{method name: RMODConfig or None}``; an objective or weight the value head cannot serve raises now.
     ``tokenizers``: ``{"value_tokenizer": ..., "tokenizer": ...}`` for a value model on another tokenizer."""

@@ -39,7 +39,7 @@ RESULTS_FILE = "results.jsonl"
 #: Settings of run.json a resumed run must share with the rows already written (dotted: one entry of a dict).
 _RUN_CHECKED = (
     "max_new_tokens", "generation_kwargs", "chat_template", "seed", "policy",
-    "value_head.objectives", "value_head.sha256", "value_head.value_tokenizer", "rewards",
+    "value_head.objectives", "value_head.sha256", "value_head.value_tokenizer", "value_head.value_model", "rewards",
 )
 
 
@@ -136,10 +136,11 @@ def describe_policy(model: Any, policy_id: str | None = None) -> str:
     return str(name) if name else f"<in-memory {type(model).__name__}>"
 
 
-def describe_value_head(value_head: Any, value_tokenizer: Any = None) -> dict:
+def describe_value_head(value_head: Any, value_tokenizer: Any = None, value_model: Any = None) -> dict:
     """``{"objectives", "sha256", "name_or_path", "value_tokenizer"}`` of a value head; ``sha256`` hashes every
     tensor of its state dict (names, dtypes, shapes and bytes, in name order), so two heads with the same weights
-    match wherever they live; ``value_tokenizer`` is the sha256 of the re-tokenising tokenizer (or ``None``)."""
+    match wherever they live; ``value_tokenizer`` is the sha256 of the re-tokenising tokenizer (or ``None``);
+    ``value_model`` describes a value model that scores instead of the head (its repr, or ``None``)."""
     import torch
 
     from ..configuration_value_head import tokenizer_fingerprint
@@ -152,7 +153,16 @@ def describe_value_head(value_head: Any, value_tokenizer: Any = None) -> dict:
     path = getattr(value_head, "name_or_path", None)
     tok = None if value_tokenizer is None else tokenizer_fingerprint(value_tokenizer)["sha256"]
     return {"objectives": list(value_head.objectives), "sha256": digest.hexdigest(), "name_or_path": path or None,
-            "value_tokenizer": tok}
+            "value_tokenizer": tok, "value_model": _describe_value_model(value_model)}
+
+
+def _describe_value_model(value_model: Any) -> dict | None:
+    """A value model scoring instead of the head: its class and, for reward-based ones, its reward functions."""
+    if value_model is None:
+        return None
+    fns = getattr(value_model, "reward_fns", None)
+    return {"class": _qualified_name(value_model), "objectives": list(getattr(value_model, "objectives", []) or []),
+            "rewards": describe_rewards(fns) if fns is not None else None}
 
 
 def describe_rewards(reward_fns: Any) -> list[dict]:
