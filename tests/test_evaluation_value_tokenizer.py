@@ -19,6 +19,13 @@ from test_evaluation import FAST, OBJECTIVES, PROMPTS, REWARD_MEAN, REWARD_STD, 
 from tiny_models import VOCAB, tiny_causal_lm
 
 
+def _assert_rmod_rows_traced(result):
+    """One RMOD row per prompt, each with its per-block weight trace."""
+    rows = [json.loads(line) for line in result.results_path.read_text().splitlines()]
+    rmod_rows = [r for r in rows if r["method"] != "reference"]
+    assert len(rmod_rows) == len(PROMPTS) and all(r["weights"] for r in rmod_rows)
+
+
 def _other_tokenizer():
     """The same words as the policy's tokenizer under other ids (w_i -> 2*VOCAB - i), and a larger vocabulary."""
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -50,9 +57,7 @@ def test_evaluate_with_a_value_tokenizer(tmp_path):
 
     result = evaluate(model, tokenizer, head, [good, length], PROMPTS, methods, output_dir=tmp_path / "run",
                       value_tokenizer=value_tok, **fast)
-    rows = [json.loads(line) for line in result.results_path.read_text().splitlines()]
-    rmod_rows = [r for r in rows if r["method"] != "reference"]
-    assert len(rmod_rows) == len(PROMPTS) and all(r["weights"] for r in rmod_rows)
+    _assert_rmod_rows_traced(result)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert isinstance(run["value_head"]["value_tokenizer"], str) and len(run["value_head"]["value_tokenizer"]) == 64
     with pytest.raises(ValueError, match="value_head.value_tokenizer"):  # resuming without it would mix scorers
@@ -80,9 +85,7 @@ def test_evaluate_with_reward_models_as_the_value(tmp_path):
     fast = {**FAST, "plots": False}
     result = evaluate(model, tokenizer, head, [good, length], PROMPTS, methods, output_dir=tmp_path / "run",
                       value_model=value_model, **fast)
-    rows = [json.loads(line) for line in result.results_path.read_text().splitlines()]
-    rmod_rows = [r for r in rows if r["method"] != "reference"]
-    assert len(rmod_rows) == len(PROMPTS) and all(r["weights"] for r in rmod_rows)
+    _assert_rmod_rows_traced(result)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     described = run["value_head"]["value_model"]
     assert described["class"].endswith("RewardValueModel") and described["objectives"] == ["good", "length"]

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessorList
 
 import hf_rmod
 from hf_rmod import MultiValueHead, RMODConfig, RMODOutput
-from tiny_models import CONFIGS, PAD, VOCAB, prompts, seeded, spread_head, tiny_causal_lm
+from tiny_models import CONFIGS, PAD, LogitsRecorder, VOCAB, prompts, seeded, spread_head, tiny_causal_lm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ARCHS = sorted(CONFIGS)
@@ -130,22 +130,11 @@ def test_finished_prompts_stop_costing_compute():
 
 
 # ----------------------------------------------------------------------------------------------- correctness
-class _Recorder(LogitsProcessor):
-    """Records the (ids, scores) the loop samples from; with no warpers these are raw logits."""
-
-    def __init__(self):
-        self.seen = []
-
-    def __call__(self, input_ids, scores):
-        self.seen.append((input_ids.clone(), scores.clone()))
-        return scores
-
-
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "mistral"])
 def test_cached_logits_match_a_from_scratch_forward(arch):
     model = hf_rmod.enable(tiny_causal_lm(arch))
     ids, _ = prompts(batch=1, length=4, seed=2)
-    rec = _Recorder()
+    rec = LogitsRecorder()
     cfg = RMODConfig(value_model=spread_head(model), num_candidates=3, block_size=4)
     seeded(lambda: model.generate(ids, rmod_config=cfg, max_new_tokens=14, do_sample=True, top_k=0,
                                    eos_token_id=None, logits_processor=LogitsProcessorList([rec])))

@@ -7,12 +7,12 @@ import collections
 
 import pytest
 import torch
-from transformers import CompileConfig, LogitsProcessor, LogitsProcessorList, StaticCache
+from transformers import CompileConfig, LogitsProcessorList, StaticCache
 
 import hf_rmod
 import hf_rmod.generation as generation
 from hf_rmod import MultiValueHead, RMODConfig
-from tiny_models import PAD, VOCAB, prompts, seeded, spread_head, tiny_causal_lm
+from tiny_models import LogitsRecorder, PAD, VOCAB, prompts, seeded, spread_head, tiny_causal_lm
 
 
 
@@ -196,19 +196,10 @@ def test_prefix_allowed_tokens_fn_with_num_return_sequences():
         assert set(out[row, 4:].tolist()) <= {11 + row // 2, 12 + row // 2}
 
 
-class _Recorder(LogitsProcessor):
-    def __init__(self):
-        self.seen = []
-
-    def __call__(self, input_ids, scores):
-        self.seen.append((input_ids.clone(), scores.clone()))
-        return scores
-
-
 def test_encoder_repetition_penalty_uses_each_rows_own_prompt():
     model = hf_rmod.enable(tiny_causal_lm("llama"))
     ids, _ = prompts(batch=3, length=5, seed=29)
-    rec = _Recorder()
+    rec = LogitsRecorder()
     cfg = RMODConfig(value_model=spread_head(model), num_candidates=2, block_size=3)
     out = seeded(lambda: model.generate(ids, rmod_config=cfg, encoder_repetition_penalty=4.0,
                                          logits_processor=LogitsProcessorList([rec]), return_dict_in_generate=True,

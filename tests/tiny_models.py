@@ -76,3 +76,14 @@ def seeded(fn, seed=1234):
     """``fn()`` after ``torch.manual_seed(seed)``."""
     torch.manual_seed(seed)
     return fn()
+
+
+class LogitsRecorder(tf.LogitsProcessor):
+    """Records the (ids, scores) the loop samples from; with no warpers these are raw logits."""
+
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, input_ids, scores):
+        self.seen.append((input_ids.clone(), scores.clone()))
+        return scores
