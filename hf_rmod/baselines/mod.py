@@ -47,7 +47,8 @@ import torch
 from transformers import DynamicCache, GenerationMixin
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
-from ..configuration_value_head import _config_vocab, tokenizer_fingerprint
+from ..configuration_value_head import tokenizer_fingerprint
+from ..modeling_value_head import _policy_sizes
 from ._weights import as_weight_list, check_policies
 
 __all__ = ["mod_generate", "MultiObjectiveDecoder"]
@@ -247,18 +248,8 @@ def _mod_weights(weights: Any, n: int) -> list[float]:
     return values
 
 
-def _vocab_size(policy) -> int | None:
-    """Rows of the output embedding (what the logits' last dim is), else the config's vocab_size."""
-    get_out = getattr(policy, "get_output_embeddings", None)
-    head = get_out() if callable(get_out) else None
-    weight = getattr(head, "weight", None)
-    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
-        return int(weight.shape[0])
-    return _config_vocab(policy.config)
-
-
 def _check_same_vocab(policies: list) -> None:
-    sizes = [_vocab_size(p) for p in policies]
+    sizes = [_policy_sizes(p)[1] for p in policies]  # rows of the lm_head (the logits' last dim), else config
     for i, size in enumerate(sizes[1:], start=1):
         if size != sizes[0]:
             raise ValueError(
