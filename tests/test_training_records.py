@@ -231,3 +231,15 @@ def test_no_warning_for_a_head_better_than_constant():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert _worse_than_constant(ValueTrainingResult(val_mse={"a": 0.5}, baseline_mse={"a": 1.0})) == []
+
+
+def test_sampling_generation_kwargs_may_not_override_what_sampling_sets():
+    """One reserved-arguments check for sampling and evaluation: `max_new_tokens` in generation_kwargs used to be
+    silently overridden by sample_responses (evaluate already refused it)."""
+    import pytest
+
+    from hf_rmod.experiments.configs import SamplingConfig
+
+    with pytest.raises(ValueError, match=r"must not set \['max_new_tokens', 'num_return_sequences'\]"):
+        SamplingConfig(generation_kwargs='{"max_new_tokens": 3, "num_return_sequences": 2, "temperature": 1.0}')
+    assert SamplingConfig(generation_kwargs='{"temperature": 1.0}').sampling["temperature"] == 1.0

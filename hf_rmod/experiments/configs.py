@@ -59,6 +59,12 @@ DEFAULT_EVALUATION_PROMPT_OFFSET = 200
 
 _SAMPLING_HELP = "JSON object of generate() arguments merged over " + json.dumps(dict(DEFAULT_SAMPLING)) + "."
 
+#: generate() arguments the pipelines set themselves: `generation_kwargs` may not override them.
+_RESERVED_GENERATION_KWARGS = (
+    "max_new_tokens", "max_length", "rmod_config", "return_dict_in_generate", "num_return_sequences", "streamer",
+    "input_ids", "attention_mask",
+)
+
 C = TypeVar("C")
 
 
@@ -167,6 +173,12 @@ class _GenerationSettings:
 
     def __post_init__(self) -> None:
         self.generation_kwargs = _parse_json_object("generation_kwargs", self.generation_kwargs)
+        reserved = sorted(set(self.generation_kwargs or {}) & set(_RESERVED_GENERATION_KWARGS))
+        if reserved:
+            raise ValueError(
+                f"`generation_kwargs` must not set {reserved}: the pipeline sets them (use `max_new_tokens`, "
+                "`num_responses` and the methods' RMOD settings instead)."
+            )
 
     @property
     def sampling(self) -> dict[str, Any]:

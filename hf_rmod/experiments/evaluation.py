@@ -52,11 +52,6 @@ from .summary import format_summary_markdown, reward_normalization, summarize_re
 
 __all__ = ["EvaluationResult", "evaluate"]
 
-_RESERVED_GENERATION_KWARGS = (
-    "max_new_tokens", "max_length", "rmod_config", "return_dict_in_generate", "num_return_sequences", "streamer",
-    "input_ids", "attention_mask",
-)
-
 
 @dataclass
 class EvaluationResult:
@@ -278,13 +273,7 @@ def _check_methods(methods: Any) -> list[EvalMethod]:
 
 
 def _sampling_kwargs(config: EvaluationConfig, tokenizer, model) -> dict:
-    """``config.sampling`` checked for the arguments evaluate() sets itself, plus a pad token id when needed."""
-    reserved = sorted(set(config.generation_kwargs or {}) & set(_RESERVED_GENERATION_KWARGS))
-    if reserved:
-        raise ValueError(
-            f"`generation_kwargs` must not set {reserved}: evaluate() sets them (use `max_new_tokens=` "
-            "and the methods' RMOD settings)."
-        )
+    """``config.sampling`` (its reserved arguments were refused by the config) plus a pad token id when needed."""
     kwargs = config.sampling
     if int(kwargs.get("num_beams", 1)) > 1:
         raise ValueError(f"`generation_kwargs` num_beams={kwargs['num_beams']}: evaluation samples; use num_beams=1.")
