@@ -298,12 +298,11 @@ def _load_policy(policy: PolicyArguments, device: Any) -> tuple[Any, Any]:
     return load_default_policy(policy.policy, **kwargs)
 
 
-def _load_value_head(path: str | None, device: Any) -> Any:
-    from .defaults import load_default_value_head
-    from .modeling_value_head import MultiValueHead
+def _load_value_head(path: str | None, device: Any, tokenizer: Any = None) -> Any:
+    """``--value-head``: a MultiValueHead or a MiniLM text value model folder; default the default value model."""
+    from .defaults import load_value_model
 
-    head = load_default_value_head() if path is None else MultiValueHead.from_pretrained(path)
-    return head.to(device)
+    return load_value_model(path, tokenizer, device=device)
 
 
 def _run_demo(policy: PolicyArguments, config: DemoConfig) -> int:
@@ -314,7 +313,7 @@ def _run_demo(policy: PolicyArguments, config: DemoConfig) -> int:
     print("Loading the policy, value head and reward models (offline) ...", flush=True)
     device = _setup_torch(policy)
     model, tokenizer = _load_policy(policy, device)
-    head = _load_value_head(config.value_head, device)
+    head = _load_value_head(config.value_head, device, tokenizer)
     from .experiments.demo import run_demo
     from .generation import enable
     from .rewards import default_reward_functions
@@ -429,8 +428,11 @@ def _run_value_report(policy: PolicyArguments, args: ValueReportArguments) -> in
             fns = load_reward_functions(args.reward)
         value_model = RewardValueModel(fns, tokenizer=tokenizer)
     else:
+        from .modeling_value_head import MultiValueHead
+
         value_model = _load_value_head(args.value_head, device)
-        if value_model.uses_policy_hidden_states or policy.policy:
+        reads_text = not isinstance(value_model, MultiValueHead)  # decodes the records' token ids: needs a tokenizer
+        if reads_text or value_model.uses_policy_hidden_states or policy.policy:
             model, tokenizer = _load_policy(policy, device)
     from .experiments.value_report import ranking_report
 
@@ -489,7 +491,8 @@ def _run_evaluate(policy: PolicyArguments, args: EvaluationArguments, config: Ev
     device = _setup_torch(policy)
     if accelerator is not None:
         device = accelerator.device
-    head = _load_value_head(args.value_head, device)
+    model, tokenizer = _load_policy(policy, device)
+    head = _load_value_head(args.value_head, device, tokenizer)
     from .experiments.methods import default_methods
 
     methods = select_methods(args.methods, default_methods(head.objectives, args.k, args.b, args.lam))
@@ -497,7 +500,6 @@ def _run_evaluate(policy: PolicyArguments, args: EvaluationArguments, config: Ev
         from .rewards import default_reward_functions
 
         rewards = default_reward_functions(device)
-    model, tokenizer = _load_policy(policy, device)
     from .experiments.evaluation import evaluate
 
     value_tokenizer = None

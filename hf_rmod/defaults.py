@@ -5,7 +5,11 @@
 - :func:`build_chat_prompts` applies the chat template to a batch of user prompts, left padded.
 - :func:`data_dir` / :func:`load_jsonl_prompts` find the development data in ``../shared/data``
   next to the project root (``HF_RMOD_DATA_DIR`` overrides), which is absent on user machines.
-- :func:`load_default_value_head` loads the value head shipped in ``hf_rmod/assets``.
+- :func:`load_default_value_model` loads the default value model: MiniLM on the partial text, fit by CD-FUDGE on
+  sampled responses of the policy (``hf_rmod/assets/value-minilm-smollm2``), as a
+  :class:`~hf_rmod.reward_values.RewardValueModel` usable as ``RMODConfig(value_model=...)``.
+- :func:`load_default_value_head` loads the earlier hidden-state value head (``hf_rmod/assets/value-head-smollm2``).
+- :func:`load_value_model` loads either kind from a folder.
 """
 
 from __future__ import annotations
@@ -30,10 +34,13 @@ __all__ = [
     "DEFAULT_POLICY_GGUF_FILE",
     "DEFAULT_SAMPLING",
     "DEFAULT_VALUE_HEAD_DIR",
+    "DEFAULT_VALUE_MODEL_DIR",
     "build_chat_prompts",
     "data_dir",
     "load_default_policy",
     "load_default_value_head",
+    "load_default_value_model",
+    "load_value_model",
     "data_file",
     "load_jsonl_prompts",
 ]
@@ -50,6 +57,9 @@ _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 #: Where the default multi-objective value head for SmolLM2 is shipped.
 DEFAULT_VALUE_HEAD_DIR = Path(__file__).resolve().parent / "assets" / "value-head-smollm2"
+
+#: Where the default value model (MiniLM on the partial text, see :func:`load_default_value_model`) is shipped.
+DEFAULT_VALUE_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "value-minilm-smollm2"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,3 +281,53 @@ def load_default_value_head(**kwargs: Any) -> Any:
     from .modeling_value_head import MultiValueHead
 
     return MultiValueHead.from_pretrained(DEFAULT_VALUE_HEAD_DIR, **kwargs)
+
+
+def load_default_value_model(tokenizer: Any = None, *, device: str | torch.device = "cpu", encoder: Any = None) -> Any:
+    """Load the default value model of the default policy.
+
+    A :class:`~hf_rmod.reward_values.RewardValueModel` over the ``G``-output MiniLM value head in
+    ``hf_rmod/assets/value-minilm-smollm2``: the candidates' partial text is embedded with all-MiniLM-L6-v2 at every
+    block boundary and a linear head per objective, fit by CD-FUDGE on SmolLM2's own samples, predicts the final
+    reward (z-scored). It ranks the candidates of one prompt better than the hidden-state head
+    (:func:`load_default_value_head`); its model card (README.md in the folder) has the numbers.
+
+    Args:
+        tokenizer: the policy's tokenizer (or pass ``RMODConfig(tokenizer=...)`` when decoding).
+        device: where the encoder and head run.
+        encoder: a :class:`~hf_rmod.rewards.MiniLMEncoder` to share with the reward functions.
+
+    Raises:
+        FileNotFoundError: the asset is not shipped in this install.
+    """
+    if not (DEFAULT_VALUE_MODEL_DIR / "config.json").is_file():
+        raise FileNotFoundError(
+            f"No default value model at {DEFAULT_VALUE_MODEL_DIR}; reinstall hf_rmod, or fit one with "
+            "`python scripts/train_default_value_model.py`."
+        )
+    from .reward_values import RewardValueModel
+
+    return RewardValueModel.from_pretrained(DEFAULT_VALUE_MODEL_DIR, tokenizer, device=device, encoder=encoder)
+
+
+def load_value_model(path: str | os.PathLike | None = None, tokenizer: Any = None, *,
+                     device: str | torch.device = "cpu") -> Any:
+    """A value model from a folder: a :class:`~hf_rmod.MultiValueHead` (``model_type`` ``rmod_value_head``) or a
+    MiniLM text value model (``hf_rmod_minilm_reward`` with reward statistics, as a
+    :class:`~hf_rmod.reward_values.RewardValueModel`). ``None``: the default value model."""
+    import json
+
+    if path is None:
+        return load_default_value_model(tokenizer, device=device)
+    folder = Path(check_local_path(str(path), "value_head")).expanduser()
+    config_file = folder / "config.json"
+    model_type = None
+    if config_file.is_file():
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    if model_type == "hf_rmod_minilm_reward":
+        from .reward_values import RewardValueModel
+
+        return RewardValueModel.from_pretrained(folder, tokenizer, device=device)
+    from .modeling_value_head import MultiValueHead
+
+    return MultiValueHead.from_pretrained(str(path)).to(device)

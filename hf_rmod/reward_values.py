@@ -142,8 +142,47 @@ class RewardValueModel:
     def num_objectives(self) -> int:
         return len(self._objectives)
 
+    @property
+    def normalization(self) -> tuple[list[float], list[float]] | None:
+        """``(mean, std)`` per objective that the values are z-scored with, or ``None`` (reward units)."""
+        if self._mean is None:
+            return None
+        return self._mean.tolist(), self._std.tolist()
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(objectives={self._objectives}, prompt_format={self.prompt_format!r})"
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Any,
+        tokenizer: Any = None,
+        *,
+        device: str | Any = "cpu",
+        encoder: Any = None,
+        prompt_format: str | Callable[[str], str] = "auto",
+    ) -> "RewardValueModel":
+        """A saved text value model: a ``G``-output :class:`~hf_rmod.rewards.MiniLMRewardModel` fit on partial
+        responses (:func:`hf_rmod.experiments.text_value.fit_minilm_value_model`; the shipped default is
+        ``hf_rmod.defaults.DEFAULT_VALUE_MODEL_DIR``), normalised with the final-reward statistics it stores.
+
+        Args:
+            path: the folder (``config.json`` + ``model.safetensors``; safetensors only) or a loaded model.
+            tokenizer: the policy's tokenizer (or pass ``RMODConfig(tokenizer=...)`` when decoding).
+            device: where the MiniLM encoder and the head run.
+            encoder: a :class:`~hf_rmod.rewards.MiniLMEncoder` to share with the reward functions.
+            prompt_format: see the class docstring.
+        """
+        from .rewards.minilm import MiniLMReward
+
+        fn = MiniLMReward(path, encoder=encoder, device=device)
+        if fn.config.reward_mean is None:
+            raise ValueError(
+                f"{path!s} is a reward head without reward_mean/reward_std, not a value model fit on partial responses; "
+                "use RewardValueModel([MiniLMReward(path)], tokenizer, normalization=(mean, std)) or fit one with "
+                "hf_rmod.experiments.text_value.fit_minilm_value_model."
+            )
+        return cls([fn], tokenizer, normalization=fn, prompt_format=prompt_format)
 
     def build_scorer(self, policy: Any, cfg: Any = None) -> "RewardValueScorer":
         """The scorer of one ``generate`` call (the hook `hf_rmod.scoring.make_scorer` dispatches to)."""
@@ -247,7 +286,25 @@ class RewardValueModel:
         if spec is None:
             return None, None
         config = getattr(spec, "config", None)
-        if config is not None and hasattr(config, "reward_mean"):
+        if isinstance(spec, RewardValueModel):
+            if spec.normalization is None:
+                raise ValueError("`normalization` is a RewardValueModel without normalization; pass (mean, std).")
+            names = spec.objectives
+            mean, std = spec.normalization
+            if names != self._objectives:
+                if not set(self._objectives) <= set(names):
+                    raise ValueError(
+                        f"`normalization` comes from a value model with objectives {names}, but this value model has "
+                        f"{self._objectives}."
+                    )
+                mean = [mean[names.index(o)] for o in self._objectives]
+                std = [std[names.index(o)] for o in self._objectives]
+        elif config is not None and hasattr(config, "reward_mean"):
+            if config.reward_mean is None or getattr(config, "reward_std", None) is None:
+                raise ValueError(
+                    f"`normalization` {type(spec).__name__} has no reward_mean/reward_std (a reward model, not a value "
+                    "model); pass normalization=(mean, std) or None."
+                )
             names = list(getattr(config, "objectives", None) or [])
             mean, std = list(config.reward_mean), list(config.reward_std)
             if names and names != self._objectives:

@@ -293,7 +293,7 @@ class ValueReportArguments:
                                 "value model was not trained on).", "required": True}
     )
     value_head: Optional[str] = field(
-        default=None, metadata={"help": "MultiValueHead folder (default: the shipped value head)."}
+        default=None, metadata={"help": "Value model folder: a MultiValueHead, or a MiniLM text value model (default: the shipped default value model, hf_rmod/assets/value-minilm-smollm2)."}
     )
     reward: Optional[list[str]] = field(
         default=None,
@@ -359,7 +359,7 @@ class EvaluationArguments:
     )
     num_prompts: int = field(default=100, metadata={"help": "Prompts to evaluate (0: all)."})
     value_head: Optional[str] = field(
-        default=None, metadata={"help": "MultiValueHead folder (default: the shipped value head)."}
+        default=None, metadata={"help": "Value model folder: a MultiValueHead, or a MiniLM text value model (default: the shipped default value model, hf_rmod/assets/value-minilm-smollm2)."}
     )
     value_rewards: Optional[list[str]] = field(
         default=None,
@@ -406,7 +406,7 @@ class DemoConfig:
     prompt: Optional[list[str]] = field(
         default=None, metadata={"help": "A prompt to use instead of the built-in ones (repeatable).", "action": "extend"}
     )
-    value_head: Optional[str] = field(default=None, metadata={"help": "Value head folder (default: the shipped one)."})
+    value_head: Optional[str] = field(default=None, metadata={"help": "Value model folder: a MultiValueHead, or a MiniLM text value model (default: the shipped default value model, hf_rmod/assets/value-minilm-smollm2)."})
     num_candidates: int = field(default=8, metadata={"help": "K candidates per block.", "aliases": ["-k"]})
     block_size: int = field(default=16, metadata={"help": "B tokens per block.", "aliases": ["-b"]})
     lam: float = field(default=0.5, metadata={"help": "λ of RMOD."})

@@ -1,7 +1,7 @@
 """``hf-rmod demo``: reference sampling vs UNIFORM vs RMOD on a few prompts, printed side by side.
 
 :func:`run_demo` takes loaded objects; the command line (``hf_rmod.cli``) loads them: offline by default, the
-embedded SmolLM2-135M-Instruct policy, the shipped value head and the MiniLM rewards.
+embedded SmolLM2-135M-Instruct policy, the default value model and the MiniLM rewards.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ def _decode(model, tokenizer, head, rewards, prompts, config: DemoConfig) -> dic
     from ..config import RMODConfig
     from ..rewards import score_rewards
     from .io import encode_prompts
+    from .summary import reward_normalization
 
     enc = encode_prompts(tokenizer, prompts).to(model.device)
     prompt_len = enc["input_ids"].shape[1]
@@ -37,8 +38,9 @@ def _decode(model, tokenizer, head, rewards, prompts, config: DemoConfig) -> dic
         "uniform": RMODConfig(weights="uniform", **rmod),
         f"rmod (λ={config.lam})": RMODConfig(**rmod),
     }
-    mean = torch.tensor(head.config.reward_mean)
-    std = torch.tensor(head.config.reward_std)
+    means, stds = reward_normalization(head, head.objectives)
+    mean = torch.tensor([means[g] for g in head.objectives])
+    std = torch.tensor([stds[g] for g in head.objectives])
     results = {}
     for name, cfg in methods.items():
         torch.manual_seed(config.seed)
@@ -79,7 +81,7 @@ def run_demo(model: Any, tokenizer: Any, head: Any, rewards: Any, config: DemoCo
     """Decode ``config.prompt`` (default: :data:`DEMO_PROMPTS`) with reference sampling, UNIFORM and RMOD and
     print the responses, their rewards (raw and z-scored), RMOD's weight trace and a summary table.
 
-    ``model`` must be enabled (:func:`hf_rmod.enable`); ``head`` is the value head, ``rewards`` the reward
+    ``model`` must be enabled (:func:`hf_rmod.enable`); ``head`` is the value model (a value head or a normalised RewardValueModel), ``rewards`` the reward
     functions of its objectives. Returns ``{method: (responses, raw (n, G), z (n, G), trace, seconds)}``.
     """
     config = config if config is not None else DemoConfig()

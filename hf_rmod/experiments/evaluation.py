@@ -145,8 +145,10 @@ def evaluate(
     Args:
         model: causal LM (the reference policy). Its ``generate`` is wrapped by :func:`hf_rmod.enable`.
         tokenizer: its tokenizer (needs a pad token).
-        value_head: the ``G``-objective :class:`~hf_rmod.MultiValueHead` used by the RMOD methods; its
-            ``reward_mean`` / ``reward_std`` normalise the rewards in the summary.
+        value_head: the ``G``-objective value model used by the RMOD methods: a :class:`~hf_rmod.MultiValueHead`
+            or a normalised :class:`~hf_rmod.reward_values.RewardValueModel` (the default value model,
+            :func:`hf_rmod.defaults.load_default_value_model`); its ``reward_mean`` / ``reward_std``
+            (``normalization``) normalise the rewards in the summary.
         reward_fns: a reward function, a list of them or ``{objective: fn}`` (see
             :class:`~hf_rmod.RewardFunction`); their objective names must be objectives of `value_head`.
         prompts: ``n`` user prompts (plain text); ``prompt_id`` is the index in this list.
@@ -216,10 +218,17 @@ def _prepare(model, tokenizer, value_head, reward_fns, prompts, methods, config:
     """Validate the inputs and build the per-method RMOD configs and the sampling settings."""
     prompts = _check_prompts(prompts)
     methods = _check_methods(methods)
-    if not isinstance(value_head, MultiValueHead):
+    from ..reward_values import RewardValueModel
+
+    if not isinstance(value_head, (MultiValueHead, RewardValueModel)):
         raise TypeError(
-            f"`value_head` must be a MultiValueHead (e.g. hf_rmod.defaults.load_default_value_head()), got "
-            f"{type(value_head).__name__}."
+            "`value_head` must be a MultiValueHead or a normalised RewardValueModel (e.g. "
+            f"hf_rmod.defaults.load_default_value_model(tokenizer)), got {type(value_head).__name__}."
+        )
+    if isinstance(value_head, RewardValueModel) and value_head.normalization is None:
+        raise ValueError(
+            "`value_head` is a RewardValueModel without normalization: the summary z-scores the rewards with the value "
+            "model's statistics; build it with normalization=(mean, std) (or load a value model that stores them)."
         )
     if tokenizer.pad_token_id is None:
         raise ValueError("The tokenizer has no pad token; set `tokenizer.pad_token = tokenizer.eos_token` first.")
@@ -238,7 +247,7 @@ def _prepare(model, tokenizer, value_head, reward_fns, prompts, methods, config:
     scorer_model = value_head if value_model is None else value_model
     rmod_configs = _rmod_configs(methods, scorer_model, config.max_new_tokens, tokenizers)
     if any(cfg is not None for cfg in rmod_configs.values()):
-        if value_tokenizer is None and value_model is None:  # text-reading value models skip the ids check
+        if value_tokenizer is None and isinstance(scorer_model, MultiValueHead):  # text readers skip the ids check
             value_head.check_compatible(model)
         enable(model)
     return _Run(model, tokenizer, reward_fns, rewards, prompts, methods, config, sampling, rmod_configs,

@@ -146,11 +146,19 @@ def describe_value_head(value_head: Any, value_tokenizer: Any = None, value_mode
     from ..configuration_value_head import tokenizer_fingerprint
 
     digest = hashlib.sha256()
-    for name, tensor in sorted(value_head.state_dict().items()):
-        tensor = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    path = getattr(value_head, "name_or_path", None)
+    if hasattr(value_head, "state_dict"):
+        modules = [("", value_head)]
+    else:  # a RewardValueModel: its reward functions' names, its normalisation and the weights of its heads
+        fns = value_head.reward_fns
+        items = list(fns.items()) if isinstance(fns, dict) else [(str(i), fn) for i, fn in enumerate(fns)]
+        digest.update(json.dumps([describe_rewards(fns), value_head.normalization]).encode())
+        modules = [(f"{key}.", fn.head) for key, fn in items if hasattr(getattr(fn, "head", None), "state_dict")]
+    for prefix, module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            tensor = tensor.detach().to("cpu").contiguous()
+            digest.update(f"{prefix}{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    path = getattr(modules[0][1] if modules else value_head, "name_or_path", None)
     tok = None if value_tokenizer is None else tokenizer_fingerprint(value_tokenizer)["sha256"]
     return {"objectives": list(value_head.objectives), "sha256": digest.hexdigest(), "name_or_path": path or None,
             "value_tokenizer": tok, "value_model": _describe_value_model(value_model)}

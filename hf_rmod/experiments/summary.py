@@ -38,8 +38,18 @@ def reward_normalization(value_head: Any, objectives: Sequence[str]) -> tuple[di
             f"{missing} have no reward_mean/reward_std to normalise with. Name the reward columns like the head's "
             f"objectives (reward_fns={{{example}, ...}}) or use a head trained on these rewards."
         )
-    mean = {g: float(value_head.config.reward_mean[head_objectives.index(g)]) for g in objectives}
-    std = {g: float(value_head.config.reward_std[head_objectives.index(g)]) for g in objectives}
+    config = getattr(value_head, "config", None)
+    if config is not None and getattr(config, "reward_mean", None) is not None:
+        means, stds = list(config.reward_mean), list(config.reward_std)
+    elif getattr(value_head, "normalization", None) is not None:  # a normalised RewardValueModel
+        means, stds = value_head.normalization
+    else:
+        raise ValueError(
+            f"The value model {type(value_head).__name__} has no reward statistics (reward_mean/reward_std) to "
+            "normalise the rewards with; use a value head, or a RewardValueModel built with normalization=(mean, std)."
+        )
+    mean = {g: float(means[head_objectives.index(g)]) for g in objectives}
+    std = {g: float(stds[head_objectives.index(g)]) for g in objectives}
     return mean, std
 
 

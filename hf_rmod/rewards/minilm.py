@@ -5,17 +5,22 @@
   as a Hugging Face model (``AutoModel``-registered);
 * ``harmless``: :class:`MiniLMHarmlessReward`, the head fit on Anthropic HH-RLHF harmless preference pairs,
   shipped in ``hf_rmod/assets/harmless-minilm-bt`` (:data:`DEFAULT_HARMLESS_HEAD_DIR`);
-* ``helpful``: :class:`MiniLMRelevanceReward`, prompt–response cosine similarity.
+* ``helpful``: :class:`MiniLMRelevanceReward`, prompt–response cosine similarity;
+* :class:`MiniLMReward`: any saved head as a reward function; a ``G``-output head fit to predict final rewards
+  from partial responses is the default value model (``hf_rmod/assets/value-minilm``, see
+  :mod:`hf_rmod.experiments.text_value`).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,6 +38,7 @@ __all__ = [
     "MiniLMEncoder",
     "MiniLMHarmlessReward",
     "MiniLMRelevanceReward",
+    "MiniLMReward",
     "MiniLMRewardConfig",
     "MiniLMRewardModel",
     "build_minilm_features",
@@ -165,8 +171,14 @@ class MiniLMRewardConfig(PreTrainedConfig):
         encoder_name (`str`): the sentence encoder the head was fit on (informational; the encoder
             weights are not part of this model).
         encoder_max_length (`int`, defaults to 256): encoder truncation length used when fitting.
-        objectives (`list[str]`, defaults to `["harmless"]`): name of the single output.
+        objectives (`list[str]`, defaults to `["harmless"]`): the names of the ``G`` outputs (one linear
+            score each; a reward model has one, a value model one per objective).
         fit_info (`dict`, optional): how the head was fit (data, split, held-out accuracy).
+        reward_mean (`list[float]`, optional): for a value model (a head fit to predict final rewards from
+            partial responses, see :func:`hf_rmod.experiments.text_value.fit_minilm_value_model`), the mean
+            final reward per objective of its training data; with ``reward_std`` it is what
+            ``RewardValueModel(normalization=model)`` z-scores the values with.
+        reward_std (`list[float]`, optional): the matching standard deviations (> 0).
     """
 
     model_type = "hf_rmod_minilm_reward"
@@ -179,6 +191,8 @@ class MiniLMRewardConfig(PreTrainedConfig):
         encoder_max_length: int = 256,
         objectives: Sequence[str] | None = None,
         fit_info: dict | None = None,
+        reward_mean: Sequence[float] | None = None,
+        reward_std: Sequence[float] | None = None,
         **kwargs,
     ):
         if feature_mode not in FEATURE_MODES:
@@ -189,15 +203,33 @@ class MiniLMRewardConfig(PreTrainedConfig):
         self.embedding_dim = embedding_dim
         self.encoder_name = encoder_name
         self.encoder_max_length = encoder_max_length
-        self.objectives = list(objectives) if objectives is not None else ["harmless"]
-        if len(self.objectives) != 1:
-            raise ValueError(f"`objectives` must name exactly one output, got {self.objectives}.")
+        if isinstance(objectives, str):
+            raise TypeError(f"`objectives` must be a list of names, got the string {objectives!r}; use [{objectives!r}].")
+        self.objectives = [str(o) for o in objectives] if objectives is not None else ["harmless"]
+        if not self.objectives or len(set(self.objectives)) != len(self.objectives):
+            raise ValueError(f"`objectives` must be one or more unique names, got {self.objectives}.")
         self.fit_info = dict(fit_info or {})
+        self.reward_mean, self.reward_std = _check_normalization(reward_mean, reward_std, self.objectives)
         super().__init__(**kwargs)
 
     @property
     def num_features(self) -> int:
         return {"response": 1, "prompt_response_product": 2, "pair": 3}[self.feature_mode] * self.embedding_dim
+
+
+def _check_normalization(mean: Any, std: Any, objectives: list[str]) -> tuple[list[float] | None, list[float] | None]:
+    if mean is None and std is None:
+        return None, None
+    if mean is None or std is None:
+        raise ValueError("`reward_mean` and `reward_std` go together: pass both (one per objective) or neither.")
+    mean, std = [float(m) for m in mean], [float(s) for s in std]
+    if len(mean) != len(objectives) or len(std) != len(objectives):
+        raise ValueError(
+            f"`reward_mean` and `reward_std` need one value per objective ({objectives}), got {len(mean)} and {len(std)}."
+        )
+    if not all(math.isfinite(m) for m in mean) or not all(math.isfinite(s) and s > 0 for s in std):
+        raise ValueError(f"`reward_mean` must be finite and `reward_std` finite and > 0, got {mean} and {std}.")
+    return mean, std
 
 
 def build_minilm_features(prompt_embeds: torch.Tensor, response_embeds: torch.Tensor, feature_mode: str) -> torch.Tensor:
@@ -217,9 +249,10 @@ def build_minilm_features(prompt_embeds: torch.Tensor, response_embeds: torch.Te
 
 
 class MiniLMRewardModel(PreTrainedModel):
-    """Linear Bradley–Terry reward head on MiniLM sentence embeddings.
+    """Linear Bradley–Terry reward head on MiniLM sentence embeddings (or a value model: ``G`` linear outputs).
 
-    ``reward = w · features(p, r) + b``. Fit with a logistic loss on ``features(chosen) -
+    ``reward = w · features(p, r) + b``, one ``(w, b)`` per objective; the forward returns ``(n,)`` for one
+    objective and ``(n, G)`` for several. Fit with a logistic loss on ``features(chosen) -
     features(rejected)`` so that ``sigmoid(reward_chosen - reward_rejected)`` is the predicted
     preference probability; ``b`` is unidentified by preferences and is set so that the mean reward
     over the fitting responses is 0 (rewards are in logit units: +1 = e/(1+e) ≈ 73% preferred).
@@ -234,7 +267,7 @@ class MiniLMRewardModel(PreTrainedModel):
 
     def __init__(self, config: MiniLMRewardConfig):
         super().__init__(config)
-        self.score = nn.Linear(config.num_features, 1)
+        self.score = nn.Linear(config.num_features, len(config.objectives))
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -243,10 +276,11 @@ class MiniLMRewardModel(PreTrainedModel):
             nn.init.zeros_(module.bias)
 
     def forward(self, prompt_embeds: torch.Tensor, response_embeds: torch.Tensor) -> torch.Tensor:
-        """``(n, d), (n, d) -> (n,)`` rewards from unit-norm prompt and response embeddings."""
+        """``(n, d), (n, d) -> (n,)`` rewards (``(n, G)`` for ``G > 1`` objectives) from unit-norm embeddings."""
         features = build_minilm_features(prompt_embeds, response_embeds, self.config.feature_mode)  # (n, F)
         features = features.to(self.score.weight.dtype)
-        return self.score(features).squeeze(-1)  # (n,)
+        scores = self.score(features)  # (n, G)
+        return scores.squeeze(-1) if scores.shape[-1] == 1 else scores
 
 
 def _register_auto_classes() -> None:
@@ -262,7 +296,62 @@ def _register_auto_classes() -> None:
 _register_auto_classes()
 
 
-class MiniLMHarmlessReward:
+class MiniLMReward:
+    """A reward (or value) function from a saved :class:`MiniLMRewardModel` head and the MiniLM encoder.
+
+    ``fn(prompts, responses)`` embeds both texts (memoised by the shared encoder) and applies the head: ``(n,)``
+    for a one-objective head, ``(n, G)`` for several. Its ``objectives`` are the head's.
+
+    Args:
+        head: a directory with a saved :class:`MiniLMRewardModel`, or a loaded one.
+        encoder: a :class:`MiniLMEncoder` to share; default the process-wide one for ``device``.
+        device: where the encoder and head run.
+    """
+
+    def __init__(
+        self,
+        head: str | os.PathLike | MiniLMRewardModel,
+        *,
+        encoder: MiniLMEncoder | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        if not isinstance(head, MiniLMRewardModel):
+            from .._hub import check_local_path
+
+            head = MiniLMRewardModel.from_pretrained(check_local_path(str(head), "head"), use_safetensors=True)
+        self.device = resolve_device(device)
+        self.head = head.to(self.device).eval()
+        self.encoder = encoder if encoder is not None else get_minilm_encoder(self.device)
+        if self.encoder.embedding_dim != self.head.config.embedding_dim:
+            raise ValueError(
+                f"The encoder gives {self.encoder.embedding_dim}-d embeddings but the head expects "
+                f"{self.head.config.embedding_dim}-d; use the encoder the head was fit on "
+                f"({self.head.config.encoder_name})."
+            )
+        self.objectives = list(self.head.config.objectives)
+
+    @property
+    def config(self) -> MiniLMRewardConfig:
+        """The head's config (its ``reward_mean`` / ``reward_std`` when it is a value model)."""
+        return self.head.config
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
+        prompts, responses = _check_texts(prompts, responses)
+        if not prompts:
+            return torch.zeros((0,) if len(self.objectives) == 1 else (0, len(self.objectives)))
+        p = self.encoder.encode(prompts).to(self.device)  # (n, d)
+        r = self.encoder.encode(responses).to(self.device)  # (n, d)
+        return self.head(p, r).float().cpu()  # (n,) or (n, G)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(objectives={self.objectives}, feature_mode={self.head.config.feature_mode!r}, "
+            f"device={self.device})"
+        )
+
+
+class MiniLMHarmlessReward(MiniLMReward):
     """``harmless`` objective: the shipped Bradley–Terry head on MiniLM embeddings.
 
     Args:
@@ -288,27 +377,7 @@ class MiniLMHarmlessReward:
                     f"The shipped harmlessness head is missing from {head}; reinstall hf_rmod or refit it with "
                     "`python scripts/fit_harmless_reward.py`."
                 )
-        if not isinstance(head, MiniLMRewardModel):
-            head = MiniLMRewardModel.from_pretrained(head)
-        self.device = resolve_device(device)
-        self.head = head.to(self.device).eval()
-        self.encoder = encoder if encoder is not None else get_minilm_encoder(self.device)
-        if self.encoder.embedding_dim != self.head.config.embedding_dim:
-            raise ValueError(
-                f"The encoder gives {self.encoder.embedding_dim}-d embeddings but the head expects "
-                f"{self.head.config.embedding_dim}-d; use the encoder the head was fit on "
-                f"({self.head.config.encoder_name})."
-            )
-        self.objectives = list(self.head.config.objectives)
-
-    @torch.no_grad()
-    def __call__(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
-        prompts, responses = _check_texts(prompts, responses)
-        if not prompts:
-            return torch.zeros(0)
-        p = self.encoder.encode(prompts).to(self.device)  # (n, d)
-        r = self.encoder.encode(responses).to(self.device)  # (n, d)
-        return self.head(p, r).float().cpu()  # (n,)
+        super().__init__(head, encoder=encoder, device=device)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(feature_mode={self.head.config.feature_mode!r}, device={self.device})"
@@ -338,6 +407,20 @@ class MiniLMRelevanceReward:
         p = self.encoder.encode(prompts)  # (n, d), unit norm
         r = self.encoder.encode(responses)  # (n, d), unit norm
         return (p * r).sum(-1)  # (n,)
+
+    def linear_head(self) -> MiniLMRewardModel:
+        """The same function as a :class:`MiniLMRewardModel` (``prompt_response_product`` features, weights
+        ``[0, 1]``): cosine similarity of unit vectors is ``sum(p * r)``. Used to initialise value models."""
+        config = MiniLMRewardConfig(
+            feature_mode="prompt_response_product", embedding_dim=self.encoder.embedding_dim, objectives=["helpful"],
+            fit_info={"definition": "cosine similarity of the prompt and response embeddings (not fit)"},
+        )
+        model = MiniLMRewardModel(config)
+        d = self.encoder.embedding_dim
+        with torch.no_grad():
+            model.score.weight.zero_()
+            model.score.weight[0, d:] = 1.0
+        return model.eval()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(encoder={self.encoder!r})"
