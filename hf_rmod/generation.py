@@ -46,6 +46,7 @@ from transformers.utils import ModelOutput
 
 from . import solver as _solver
 from .config import RMODConfig
+from .logits_process import swap_top_p
 from .modeling_value_head import MultiValueHead
 from .scoring import Scorer, ScorerFactory, make_scorer
 
@@ -457,8 +458,9 @@ class RobustMultiObjectiveGenerator:
         K, B, G = cfg.num_candidates, cfg.block_size, len(names)
         batch, prompt_len = input_ids.shape
         max_new = generation_config.max_length - prompt_len
-        if isinstance(head, MultiValueHead):  # warns once if the head was trained on another sampling distribution
-            head.warn_if_sampling_differs(generation_config, max_new, model)
+        warn = getattr(head, "warn_if_sampling_differs", None)  # value heads and text value models that record it
+        if callable(warn):  # warns once if the value model was trained on another sampling distribution
+            warn(generation_config, max_new, model)
         pad_id = generation_config._pad_token_tensor
         has_eos = any(hasattr(c, "eos_token_id") for c in stopping_criteria)
         if has_eos and pad_id is None:
@@ -466,6 +468,8 @@ class RobustMultiObjectiveGenerator:
         do_sample = generation_config.do_sample
         check_each_step = _host_syncs_are_cheap(device)
         logits_processor, row_map = _map_processors(logits_processor, batch)
+        if check_each_step:  # CPU: top-p from a partial sort (the full-vocabulary sort is ~30% of a step there)
+            logits_processor = swap_top_p(logits_processor)
 
         # A static cache has a fixed batch: every prompt keeps its K rows to the end (finished prompts are fed pad
         # tokens, as `generate` does), the rows are reordered in place, and a compiled forward sees one shape.

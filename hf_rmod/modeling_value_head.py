@@ -555,21 +555,28 @@ class MultiValueHead(PreTrainedModel):
         that ``generation_config`` has, ``max_new_tokens`` (when given) and the policy's ``name_or_path`` (when both
         are known). ``chat_template`` cannot be seen in token ids and is not compared. Returns the differences.
         """
-        recorded = self.config.sampling_settings
-        if not recorded:
-            return []
-        differences = _sampling_differences(recorded, generation_config, max_new_tokens, policy)
-        if differences:
-            message = (
-                f"Value head {self._display_name()!r} was trained on responses sampled with other settings than this "
-                f"call ({'; '.join(differences)}; recorded -> now). Its values estimate rewards under the recorded "
-                "distribution; decode with the recorded settings or train a head on records sampled like this call."
-            )
-            key = (id(self), message)
-            if key not in _SAMPLING_WARNED:
-                _SAMPLING_WARNED.add(key)
-                warnings.warn(message, UserWarning, stacklevel=3)
-        return differences
+        return warn_if_sampling_differs(self, f"Value head {self._display_name()!r}", self.config.sampling_settings,
+                                        generation_config, max_new_tokens, policy)
+
+
+def warn_if_sampling_differs(owner: Any, what: str, recorded: dict | None, generation_config: Any,
+                             max_new_tokens: int | None = None, policy: Any = None) -> list[str]:
+    """The differences between the ``recorded`` sampling settings a value model was trained under and this call;
+    warns once per ``owner`` and set of differences. Shared by value heads and text value models."""
+    if not recorded:
+        return []
+    differences = _sampling_differences(recorded, generation_config, max_new_tokens, policy)
+    if differences:
+        message = (
+            f"{what} was trained on responses sampled with other settings than this call ({'; '.join(differences)}; "
+            "recorded -> now). Its values estimate rewards under the recorded distribution; decode with the recorded "
+            "settings or train a value model on records sampled like this call."
+        )
+        key = (id(owner), message)
+        if key not in _SAMPLING_WARNED:
+            _SAMPLING_WARNED.add(key)
+            warnings.warn(message, UserWarning, stacklevel=4)
+    return differences
 
 
 _FINGERPRINTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

@@ -131,6 +131,9 @@ class RewardValueModel:
         self._mean, self._std = self._normalization(normalization)
         self._affixes_cache: dict[int, tuple[str, str] | None] = {}
         self._warned = False
+        #: The sampling distribution the value model was fit under (``policy``, ``temperature``, ``top_p``, ...), when
+        #: known (set by :meth:`from_pretrained` from a fitted head); ``generate`` warns once when a call differs.
+        self.sampling_settings: dict | None = None
 
     # ------------------------------------------------------------------------------------------ value-model surface
     @property
@@ -182,7 +185,18 @@ class RewardValueModel:
                 "use RewardValueModel([MiniLMReward(path)], tokenizer, normalization=(mean, std)) or fit one with "
                 "hf_rmod.experiments.text_value.fit_minilm_value_model."
             )
-        return cls([fn], tokenizer, normalization=fn, prompt_format=prompt_format)
+        model = cls([fn], tokenizer, normalization=fn, prompt_format=prompt_format)
+        model.sampling_settings = fn.config.fit_info.get("sampling_settings")
+        return model
+
+    def warn_if_sampling_differs(self, generation_config: Any, max_new_tokens: int | None = None,
+                                 policy: Any = None) -> list[str]:
+        """Warn once when decoding samples from another distribution than :attr:`sampling_settings` (the one the
+        value model was fit on); returns the differences. Reward functions used as they are record nothing."""
+        from .modeling_value_head import warn_if_sampling_differs
+
+        return warn_if_sampling_differs(self, f"Value model {self!r}", self.sampling_settings, generation_config,
+                                        max_new_tokens, policy)
 
     def build_scorer(self, policy: Any, cfg: Any = None) -> "RewardValueScorer":
         """The scorer of one ``generate`` call (the hook `hf_rmod.scoring.make_scorer` dispatches to)."""

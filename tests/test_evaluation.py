@@ -433,7 +433,7 @@ def test_old_import_paths_still_work():
     assert old.summarize_results is summary.summarize_results
     assert old.format_summary_markdown is summary.format_summary_markdown
     assert old.DEFAULT_GENERATION_KWARGS == dict(configs.DEFAULT_SAMPLING)
-    assert (old.DEFAULT_PROMPTS, old.DEFAULT_PROMPT_OFFSET) == ("hh_harmless_dev_prompts", 200)
+    assert (old.DEFAULT_PROMPTS, old.DEFAULT_PROMPT_OFFSET) == ("hh_harmless_dev_prompts", 0)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -52,10 +52,12 @@ __all__ = [
 #: ``top_k=50`` when it is unset. Sample the training data with the settings you will decode with.
 DEFAULT_SAMPLING: Mapping[str, Any] = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0}
 
-#: Prompts of ``hf-rmod evaluate`` (a file of the data folder) and how many of them to skip: the first 200
-#: dev prompts trained the shipped value head.
+#: Prompts of ``hf-rmod evaluate`` (a file of the data folder) and how many of them to skip: none. The default
+#: value model was fit on samples of the HH *pair* prompts only, so all 300 dev prompts are evaluation prompts
+#: (the earlier hidden-state head, ``load_default_value_head``, saw dev prompts 0-199: evaluate it with
+#: ``--prompt-offset 200``).
 DEFAULT_EVALUATION_PROMPTS = "hh_harmless_dev_prompts"
-DEFAULT_EVALUATION_PROMPT_OFFSET = 200
+DEFAULT_EVALUATION_PROMPT_OFFSET = 0
 
 _SAMPLING_HELP = "JSON object of generate() arguments merged over " + json.dumps(dict(DEFAULT_SAMPLING)) + "."
 
@@ -353,9 +355,8 @@ class EvaluationArguments:
     prompt_field: str = field(default="prompt", metadata={"help": "JSON field holding the prompt."})
     prompt_offset: Optional[int] = field(
         default=None,
-        metadata={"help": f"Skip this many prompts (default: {DEFAULT_EVALUATION_PROMPT_OFFSET} for "
-                  f"{DEFAULT_EVALUATION_PROMPTS}, whose first {DEFAULT_EVALUATION_PROMPT_OFFSET} prompts trained the "
-                  "shipped value head; else 0)."},
+        metadata={"help": "Skip this many prompts (default 0: no evaluation prompt trained the default value model; "
+                  "use 200 with the older hidden-state head, trained on the first 200 dev prompts)."},
     )
     num_prompts: int = field(default=100, metadata={"help": "Prompts to evaluate (0: all)."})
     value_head: Optional[str] = field(

@@ -115,7 +115,30 @@ def _generate_kwargs(tokenizer: Any, config: SamplingConfig) -> dict[str, Any]:
     kwargs = {**config.sampling, "num_return_sequences": config.num_responses, "max_new_tokens": config.max_new_tokens}
     if tokenizer.pad_token_id is not None:
         kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
-    return kwargs
+    return _partial_sort_top_p(kwargs)
+
+
+def _partial_sort_top_p(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Plain temperature + top-p sampling (the default) with top-p from a partial sort
+    (:class:`~hf_rmod.logits_process.PartialSortTopPLogitsWarper`): the same processors in the same order
+    (``generate`` runs its own warpers after custom ones, so both move into ``logits_processor``). Any other
+    processing argument keeps ``generate``'s own processors."""
+    top_p = kwargs.get("top_p")
+    plain = {"do_sample", "temperature", "top_p", "top_k", "num_return_sequences", "max_new_tokens", "pad_token_id"}
+    if not kwargs.get("do_sample") or top_p is None or float(top_p) >= 1.0 or set(kwargs) - plain:
+        return kwargs
+    if kwargs.get("top_k") not in (0, None) or "top_k" not in kwargs:
+        return kwargs  # transformers 5 applies top_k=50 before top-p unless top_k=0
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper
+
+    from ..logits_process import PartialSortTopPLogitsWarper
+
+    processors = LogitsProcessorList()
+    temperature = kwargs.get("temperature")
+    if temperature is not None and float(temperature) != 1.0:
+        processors.append(TemperatureLogitsWarper(float(temperature)))
+    processors.append(PartialSortTopPLogitsWarper(float(top_p)))
+    return {**kwargs, "temperature": 1.0, "top_p": 1.0, "logits_processor": processors}
 
 
 def _sample_batch(model, tokenizer, batch: list[str], config: SamplingConfig, kwargs: dict, eos_ids: set[int]):

@@ -1,0 +1,208 @@
+"""Fit, compare and ship the default value model: MiniLM on the partial text (issue "Value models that rank", §3).
+
+Reproduces ``hf_rmod/assets/value-minilm-smollm2`` from a records file of SmolLM2's own samples (made by
+``scripts/sample_value_data.py``: the unique ``first_prompt``s of ``hh_harmless_preference_pairs``, none of them an
+evaluation prompt):
+
+1. embeds every record's prompt and its response decoded at t = 16, 32, ..., 96 tokens with MiniLM (cached next
+   to the records);
+2. splits by prompt (80/20, the split ``hf-rmod train-value`` uses); on the 80% picks the ridge strength ``alpha``
+   and the between-prompt weight ``beta`` by grouped 5-fold cross-validation (mean within-prompt pairwise
+   accuracy over positions and objectives);
+3. reports on the held-out 20% prompts, per objective and t, the within-prompt pairwise accuracy, Spearman and
+   z-scored MSE of: the reward models on the partial text (``RewardValueModel``, no training), the constant
+   predictor, and the value model fit on the 80%;
+4. refits on all records with the chosen ``alpha``/``beta`` and saves it with a model card (``--save``).
+
+    python scripts/train_default_value_model.py --records runs/value-data/pairs_n8_t96.jsonl \\
+        --report runs/report/text_value.json --save hf_rmod/assets/value-minilm-smollm2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+OBJECTIVES = ["harmless", "helpful"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", default="runs/value-data/pairs_n8_t96.jsonl")
+    parser.add_argument("--report", default="runs/report/text_value.json")
+    parser.add_argument("--save", default=None, help="folder to save the model fit on all records (+ model card)")
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--block-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--alphas", default="1e-3,3e-3,1e-2,3e-2")
+    parser.add_argument("--betas", default="1,0.3,0.1")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from hf_rmod.configuration_value_head import sampling_settings_from_records
+    from hf_rmod.defaults import DEFAULT_POLICY
+    from hf_rmod.experiments.records import load_records, read_settings, split_by_prompt
+    from hf_rmod.experiments.text_value import fit_minilm_value_model, predict, reward_init_weights
+    from hf_rmod.experiments.value_report import between_prompt_share
+    from hf_rmod.rewards import MiniLMHarmlessReward, MiniLMRelevanceReward
+
+    records = load_records(args.records)
+    positions = list(range(args.block_size, args.max_new_tokens + 1, args.block_size))
+    data = _embeddings(records, positions, Path(args.records))
+    train, val = split_by_prompt(records, args.val_fraction, seed=0)
+    tr, va = data.subset(train), data.subset(val)
+    init = reward_init_weights([MiniLMHarmlessReward().head, MiniLMRelevanceReward().linear_head()], "pair", 384)
+
+    grid = [(float(a), float(b)) for a in args.alphas.split(",") for b in args.betas.split(",")]
+    t0 = time.perf_counter()
+    cv = {(a, b): _cv_score(tr, init, a, b, args.folds) for a, b in grid}
+    alpha, beta = max(cv, key=cv.get)
+    print(f"grouped {args.folds}-fold CV on {len(train)} training responses ({time.perf_counter() - t0:.0f} s): "
+          + ", ".join(f"a={a:g} b={b:g}: {s:.4f}" for (a, b), s in cv.items()) + f" -> alpha={alpha:g}, beta={beta:g}")
+
+    reward_model = _linear_model(init)
+    fitted = fit_minilm_value_model(tr, init=init, alpha=alpha, beta=beta)
+    rows = {
+        "reward models on the partial text (no training)": _metrics(predict(reward_model, va), tr, va),
+        "constant (train mean)": _metrics(tr.rewards.mean(0).expand(va.rewards.shape[0], len(positions), -1), tr, va),
+        f"MiniLM value model (alpha={alpha:g}, beta={beta:g})": _metrics(predict(fitted, va), tr, va),
+    }
+    for name, m in rows.items():
+        print(_line(name, m))
+    report = {
+        "records": str(args.records), "positions": positions, "objectives": OBJECTIVES,
+        "train": {"responses": len(train), "prompts": int(tr.groups.unique().numel())},
+        "val": {"responses": len(val), "prompts": int(va.groups.unique().numel()),
+                "between_prompt_share": between_prompt_share(va.rewards, va.groups).tolist()},
+        "cv": {f"alpha={a:g},beta={b:g}": s for (a, b), s in cv.items()}, "alpha": alpha, "beta": beta,
+        "rows": rows,
+    }
+    Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.report).write_text(json.dumps(report, indent=1))
+    print(f"report: {args.report}")
+    if args.save:
+        settings = read_settings(args.records) or {}
+        model = fit_minilm_value_model(
+            data, init=init, alpha=alpha, beta=beta,
+            fit_info={"records": Path(args.records).name,
+                      "prompts_source": "unique first_prompt of hh_harmless_preference_pairs.jsonl (no dev prompt)",
+                      # the policy's install path differs per machine: named in "policy", not compared at decoding
+                      "sampling_settings": {k: v for k, v in (sampling_settings_from_records(settings) or {}).items()
+                                            if k != "policy"},
+                      "policy": DEFAULT_POLICY,
+                      "held_out_report": {"split": f"split_by_prompt(val_fraction={args.val_fraction}, seed=0)",
+                                          **{k: report[k] for k in ("train", "val", "positions")},
+                                          "value_model": rows[list(rows)[-1]],
+                                          "reward_on_partial_text": rows[list(rows)[0]]}},
+        )
+        model.save_pretrained(args.save)
+        Path(args.save, "README.md").write_text(_card(model, report, args), encoding="utf-8")
+        size = sum(f.stat().st_size for f in Path(args.save).iterdir())
+        print(f"saved {args.save} ({size / 1024:.0f} KiB)")
+
+
+def _embeddings(records, positions, path: Path):
+    from hf_rmod.defaults import load_default_policy
+    from hf_rmod.experiments.text_value import embed_prefixes
+
+    cache = path.with_name(f"{path.stem}.emb{len(records)}.pt")
+    if cache.exists():
+        data = torch.load(cache, weights_only=False)
+        if data.positions == positions and data.rewards.shape[0] == len(records):
+            return data
+    _, tokenizer = load_default_policy()
+    t0 = time.perf_counter()
+    data = embed_prefixes(records, tokenizer, positions, OBJECTIVES)
+    print(f"embedded {len(records)} records x {len(positions)} prefixes in {time.perf_counter() - t0:.0f} s", flush=True)
+    torch.save(data, cache)
+    return data
+
+
+def _linear_model(weights):
+    from hf_rmod.rewards import MiniLMRewardConfig, MiniLMRewardModel
+
+    model = MiniLMRewardModel(MiniLMRewardConfig(feature_mode="pair", objectives=OBJECTIVES))
+    with torch.no_grad():
+        model.score.weight.copy_(weights.float())
+    return model.eval()
+
+
+def _cv_score(data, init, alpha, beta, folds) -> float:
+    from hf_rmod.experiments.text_value import fit_minilm_value_model, predict
+    from hf_rmod.experiments.value_report import within_prompt_metrics
+
+    prompts = data.groups.unique()
+    order = prompts[torch.randperm(prompts.numel(), generator=torch.Generator().manual_seed(0))]
+    scores = []
+    for k in range(folds):
+        held = torch.isin(data.groups, order[k::folds])
+        fit = fit_minilm_value_model(data.subset(torch.nonzero(~held)[:, 0]), init=init, alpha=alpha, beta=beta)
+        part = data.subset(torch.nonzero(held)[:, 0])
+        scores.append(within_prompt_metrics(predict(fit, part), part.rewards, part.groups)["pairwise_accuracy"].mean())
+    return float(torch.stack(scores).mean())
+
+
+def _metrics(values, tr, va) -> dict:
+    from hf_rmod.experiments.value_report import within_prompt_metrics
+
+    m = within_prompt_metrics(values, va.rewards, va.groups)
+    mean, std = tr.rewards.mean(0), tr.rewards.std(0)
+    z, zt = (values - mean) / std, ((va.rewards - mean) / std)[:, None, :]
+    return {"pairwise_accuracy": m["pairwise_accuracy"].tolist(), "spearman": m["spearman"].tolist(),
+            "mse_z": ((z - zt) ** 2).mean(0).tolist()}
+
+
+def _line(name, m) -> str:
+    acc, mse = torch.tensor(m["pairwise_accuracy"]), torch.tensor(m["mse_z"])
+    return (f"{name}: pairwise (harmless/helpful) t=16 {acc[0, 0]:.3f}/{acc[0, 1]:.3f}, t=32 {acc[1, 0]:.3f}/"
+            f"{acc[1, 1]:.3f}, mean {acc.mean(0)[0]:.3f}/{acc.mean(0)[1]:.3f}; z-MSE t=16 {mse[0, 0]:.3f}/"
+            f"{mse[0, 1]:.3f}, mean {mse.mean(0)[0]:.3f}/{mse.mean(0)[1]:.3f}")
+
+
+def _card(model, report, args) -> str:
+    positions = report["positions"]
+    lines = [
+        "---", "library_name: transformers", "tags:", "- hf_rmod", "- rmod", "- value-model", "---", "",
+        "# RMOD default value model: MiniLM on the partial text (SmolLM2-135M-Instruct, harmless + helpful)", "",
+        "`V_g(x, y^t) = w_g · [e(x), e(y^t), e(x) * e(y^t)] + b_g`, `e` = all-MiniLM-L6-v2 sentence embedding of the "
+        "plain user prompt and of the decoded partial response; one linear output per objective, fit by CD-FUDGE "
+        "(eq. 8: every prefix t = 16, 32, ..., 96 regresses onto the final reward) as closed-form ridge regression "
+        "towards the reward models themselves (the paper initialises its value functions from the reward models). "
+        "Load it with `hf_rmod.defaults.load_default_value_model(tokenizer)` or "
+        "`RewardValueModel.from_pretrained(folder, tokenizer)`; values are z-scored with `reward_mean`/`reward_std`.",
+        "",
+        f"- **Objectives**: {', '.join(model.config.objectives)}",
+        f"- **Reward statistics** (z-scoring): mean {model.config.reward_mean}, std {model.config.reward_std}",
+        f"- **Fit**: alpha = {report['alpha']:g} (ridge towards the reward models, per row), beta = {report['beta']:g} "
+        f"(weight of the between-prompt error), chosen by grouped {args.folds}-fold CV on the training prompts",
+        f"- **Data**: {model.config.fit_info['responses']} responses of {model.config.fit_info['prompts']} prompts "
+        "(unique `first_prompt`s of `hh_harmless_preference_pairs.jsonl`, Anthropic HH-RLHF harmless-base test; "
+        "**no** evaluation (dev) prompt), sampled from the policy with the settings below, scored by the offline "
+        "harmless (MiniLM Bradley–Terry) and helpful (MiniLM relevance) rewards.",
+        f"- **Sampling** (generate warns once when a call differs): `{json.dumps(model.config.fit_info.get('sampling_settings'))}`", "",
+        f"## Held-out ranking (prompt-level split: {report['train']['prompts']} training prompts / "
+        f"{report['val']['prompts']} held-out prompts, {report['val']['responses']} responses)", "",
+        "Within-prompt pairwise accuracy (share of same-prompt response pairs the value orders like the final "
+        "reward) — what RMOD's choice among the K candidates of one prefix depends on — and z-scored MSE "
+        "(what sets the weights w*). The shipped model is refit on all prompts with the same alpha and beta.", "",
+        "| value model | objective | " + " | ".join(f"t={t}" for t in positions) + " | z-MSE mean |",
+        "|---|---|" + "---|" * len(positions) + "---|",
+    ]
+    for name, m in report["rows"].items():
+        for g, objective in enumerate(report["objectives"]):
+            accs = " | ".join(f"{m['pairwise_accuracy'][s][g]:.3f}" for s in range(len(positions)))
+            mse = sum(m["mse_z"][s][g] for s in range(len(positions))) / len(positions)
+            lines.append(f"| {name} | {objective} | {accs} | {mse:.3f} |")
+    lines += ["", f"Between-prompt share of the held-out reward variance: {report['val']['between_prompt_share']}.",
+              "", "Made with `scripts/train_default_value_model.py`."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
