@@ -55,6 +55,8 @@ _EXPORTS = {
     "PairedComparison": "metrics",
     "rewarded_soup": "baselines",
     "mod_generate": "baselines",
+    "distill_rmod": "experiments.distill",
+    "DistillConfig": "experiments.configs",
 }
 
 __all__ = list(_EXPORTS)
@@ -94,3 +96,5 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .scoring import Scorer, make_scorer
     from .solver import SolverResult, solve_weights
     from .baselines import mod_generate, rewarded_soup
+    from .experiments.configs import DistillConfig
+    from .experiments.distill import distill_rmod

@@ -1,4 +1,4 @@
-"""The ``hf-rmod`` command line: ``demo``, ``sample``, ``train-value``, ``value-report``, ``evaluate``.
+"""The ``hf-rmod`` command line: ``demo``, ``sample``, ``train-value``, ``value-report``, ``evaluate``, ``distill``.
 
 ``python -m hf_rmod <command>`` is the same program.
 
@@ -37,6 +37,8 @@ from .experiments.configs import (
     DEFAULT_EVALUATION_PROMPT_OFFSET,
     DEFAULT_EVALUATION_PROMPTS,
     DemoConfig,
+    DistillArguments,
+    DistillConfig,
     EvaluationArguments,
     EvaluationConfig,
     PolicyArguments,
@@ -185,6 +187,17 @@ COMMANDS: dict[str, _Command] = {
             run="_run_evaluate", on_interrupt="the finished batches are in {output_dir}/results.jsonl; rerun the "
             "same command to resume (finished prompts are skipped).",
         ),
+        _Command(
+            "distill", (PolicyArguments, DistillArguments, DistillConfig),
+            help="DISTILL-RMOD: fine-tune the policy (SFT) on its own RMOD responses and save it.",
+            description="Decode each prompt once with RMOD (K, B, λ; records appended to --records, resumable), then "
+            "fine-tune the policy on those responses with transformers.Trainer (loss on the response tokens only) "
+            "and save it to OUTPUT_DIR (save_pretrained, tokenizer, model card README.md). Run it under "
+            "`accelerate launch` to shard the decoding and the training across processes.",
+            run="_run_distill", on_interrupt="the RMOD responses of the finished batches are in the records file "
+            "(default {output_dir}/rmod_responses.jsonl); rerun the same command to resume (prompts already decoded "
+            "are skipped; fine-tuning starts over).",
+        ),
     )
 }
 
@@ -296,6 +309,15 @@ def _load_policy(policy: PolicyArguments, device: Any) -> tuple[Any, Any]:
     if policy.dtype is not None:
         kwargs["torch_dtype"] = policy.dtype
     return load_default_policy(policy.policy, **kwargs)
+
+
+def _accelerator(policy: PolicyArguments) -> Any:
+    """An ``accelerate.Accelerator`` under ``accelerate launch`` / torchrun (``WORLD_SIZE`` > 1), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=policy.device == "cpu")  # else accelerate picks (one GPU per process)
 
 
 def _load_value_head(path: str | None, device: Any, tokenizer: Any = None) -> Any:
@@ -483,16 +505,11 @@ def _run_evaluate(policy: PolicyArguments, args: EvaluationArguments, config: Ev
         from .rewards import load_reward_functions
 
         rewards = load_reward_functions(args.reward)
-    accelerator = None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by `accelerate launch` / torchrun
-        from accelerate import Accelerator
-
-        accelerator = Accelerator(cpu=policy.device == "cpu")  # else accelerate picks (one GPU per process)
+    accelerator = _accelerator(policy)
     device = _setup_torch(policy)
     if accelerator is not None:
         device = accelerator.device
-    model, tokenizer = _load_policy(policy, device)
-    head = _load_value_head(args.value_head, device, tokenizer)
+    head = _load_value_head(args.value_head, device)  # a text value model gets the policy's tokenizer below
     from .experiments.methods import default_methods
 
     methods = select_methods(args.methods, default_methods(head.objectives, args.k, args.b, args.lam))
@@ -500,6 +517,9 @@ def _run_evaluate(policy: PolicyArguments, args: EvaluationArguments, config: Ev
         from .rewards import default_reward_functions
 
         rewards = default_reward_functions(device)
+    model, tokenizer = _load_policy(policy, device)
+    if getattr(head, "reward_fns", None) is not None and head.tokenizer is None:  # a RewardValueModel
+        head.tokenizer = tokenizer
     from .experiments.evaluation import evaluate
 
     value_tokenizer = None
@@ -528,6 +548,33 @@ def _run_evaluate(policy: PolicyArguments, args: EvaluationArguments, config: Ev
     if accelerator is None or accelerator.is_main_process:
         print(result.summary_md_path.read_text(encoding="utf-8"))
         print(f"results: {result.results_path}\nsummary: {result.summary_path}")
+    return 0
+
+
+def _run_distill(policy: PolicyArguments, args: DistillArguments, config: DistillConfig) -> int:
+    import json
+
+    _check_local_paths(policy=policy.policy, value_head=args.value_head)
+    from .experiments.io import read_prompts
+
+    prompts = read_prompts(args.prompts, args.prompt_field, args.limit)
+    if not prompts:
+        raise UsageError(f"--prompts {args.prompts} holds no prompts; give a JSONL file with at least one prompt.")
+    accelerator = _accelerator(policy)
+    device = _setup_torch(policy)
+    if accelerator is not None:
+        device = accelerator.device
+    model, tokenizer = _load_policy(policy, device)
+    value_model = _load_value_head(args.value_head, device, tokenizer)
+    from .experiments.distill import distill_rmod
+
+    result = distill_rmod(model, tokenizer, value_model, prompts, config, output_dir=args.output_dir,
+                          records_path=args.records, accelerator=accelerator, policy_id=policy.policy)
+    if accelerator is None or accelerator.is_main_process:
+        print(json.dumps({"output_dir": str(result.output_dir), "records": str(result.records_path),
+                          "num_prompts": result.num_prompts, "num_examples": result.num_examples,
+                          "num_generated": result.num_generated, "final_train_loss": result.final_train_loss},
+                         indent=2))
     return 0
 
 

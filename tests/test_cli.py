@@ -67,6 +67,7 @@ REQUIRED = {
     "train-value": ["--records", "r.jsonl", "-o", "run"],
     "value-report": ["--records", "r.jsonl"],
     "evaluate": ["-o", "out"],
+    "distill": ["--prompts", "p.jsonl", "-o", "out"],
 }
 
 
@@ -81,6 +82,7 @@ def test_every_default_comes_from_the_config_dataclasses(command):
         "train-value": {"records": "r.jsonl", "output_dir": "run"},
         "value-report": {"records": "r.jsonl"},
         "evaluate": {"output_dir": "out"},
+        "distill": {"prompts": "p.jsonl", "output_dir": "out"},
     }[command]
     for obj in parsed:
         names = {f.name for f in dataclasses.fields(obj)}

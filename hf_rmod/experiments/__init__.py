@@ -8,6 +8,7 @@ evaluating decoding methods.
 - :mod:`.value_training`: :func:`~.value_training.train_value_head` and its pieces.
 - :mod:`.methods`, :mod:`.evaluation`, :mod:`.results`, :mod:`.summary`, :mod:`.plots`:
   :func:`~.evaluation.evaluate` and what it writes.
+- :mod:`.distill`: DISTILL-RMOD, :func:`~.distill.distill_rmod` (RMOD's responses, then SFT with ``Trainer``).
 - :mod:`.demo`: ``hf-rmod demo``.
 
 The core (``hf_rmod.config``, ``solver``, ``scoring``, ``generation``, ``modeling_value_head``, ``rewards``)

@@ -16,6 +16,7 @@ Which dataclass goes where:
 :class:`ValueTrainingConfig` ``train_value_head`` / ``hf-rmod train-value``
 :class:`ValueReportArguments` ``ranking_report`` / ``hf-rmod value-report``
 :class:`EvaluationConfig`  ``evaluate`` / ``hf-rmod evaluate``
+:class:`DistillConfig`     ``distill_rmod`` / ``hf-rmod distill`` (DISTILL-RMOD: SFT on RMOD's responses)
 :class:`DemoConfig`        ``hf-rmod demo``
 ========================  ==================================================================================
 
@@ -35,6 +36,8 @@ __all__ = [
     "DEFAULT_EVALUATION_PROMPTS",
     "DEFAULT_SAMPLING",
     "DemoConfig",
+    "DistillArguments",
+    "DistillConfig",
     "EvaluationArguments",
     "EvaluationConfig",
     "PolicyArguments",
@@ -395,6 +398,90 @@ class EvaluationArguments:
         _check_grid(self, "k", int, 1, strict=False)
         _check_grid(self, "b", int, 1, strict=False)
         _check_grid(self, "lam", float, 0, strict=True)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# DISTILL-RMOD: supervised fine-tuning of the policy on RMOD's own responses
+# ------------------------------------------------------------------------------------------------------------
+#: TrainingArguments that :class:`DistillConfig` sets from its own fields: `training_kwargs` may not set them.
+_RESERVED_TRAINING_KWARGS = (
+    "output_dir", "num_train_epochs", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
+    "weight_decay", "max_grad_norm", "lr_scheduler_type", "seed", "remove_unused_columns",
+)
+
+
+@dataclass
+class DistillConfig(_GenerationSettings):
+    """How :func:`~hf_rmod.experiments.distill.distill_rmod` decodes with RMOD and fine-tunes on the responses.
+
+    Defaults are the paper's DISTILL-RMOD settings: K = 16, B = 16, λ = 0.5, 3 epochs of SFT.
+    """
+
+    num_candidates: int = field(default=16, metadata={"help": "K: candidate blocks per RMOD block.", "aliases": ["-k"]})
+    block_size: int = field(default=16, metadata={"help": "B: tokens per RMOD block.", "aliases": ["-b"]})
+    lam: float = field(default=0.5, metadata={"help": "λ of RMOD (> 0)."})
+    max_new_tokens: int = field(default=96, metadata={"help": "Response length cap in tokens."})
+    generation_batch_size: int = field(
+        default=4, metadata={"help": "Prompts per RMOD generate() call (each decodes K candidate rows)."}
+    )
+    epochs: int = field(default=3, metadata={"help": "SFT epochs."})
+    lr: float = field(default=1e-5, metadata={"help": "SFT learning rate (AdamW)."})
+    batch_size: int = field(default=8, metadata={"help": "SFT examples per device and step (before accumulation)."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps whose gradients are summed."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    lr_scheduler_type: str = field(default="linear", metadata={"help": "transformers learning-rate schedule."})
+    max_length: Optional[int] = field(
+        default=None, metadata={"help": "Cut training examples (prompt + response + EOS) to this many tokens from "
+                                "the right (default: no cut)."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the RMOD decoding and of the Trainer."})
+    training_kwargs: Optional[str] = field(
+        default=None, metadata={"help": "JSON object of further transformers.TrainingArguments, e.g. "
+                                "'{\"bf16\": true, \"gradient_checkpointing\": true}'."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_min(self, 1, "num_candidates", "block_size", "max_new_tokens", "generation_batch_size", "epochs",
+                   "batch_size", "gradient_accumulation_steps", "max_length")
+        _check_min(self, 0, "lam", "lr", "max_grad_norm", strict=True)
+        _check_min(self, 0, "weight_decay")
+        self.training_kwargs = _parse_json_object("training_kwargs", self.training_kwargs)
+        reserved = sorted(set(self.training_kwargs or {}) & set(_RESERVED_TRAINING_KWARGS))
+        if reserved:
+            raise ValueError(
+                f"`training_kwargs` must not set {reserved}: use the fields `epochs`, `lr`, `batch_size`, "
+                "`gradient_accumulation_steps`, `weight_decay`, `max_grad_norm`, `lr_scheduler_type`, `seed` "
+                "(the output folder is `output_dir`)."
+            )
+
+
+@dataclass
+class DistillArguments:
+    """Command-line inputs of ``hf-rmod distill``."""
+
+    prompts: str = field(
+        default=None, metadata={"help": "JSONL of prompts (strings or objects with --prompt-field), or the name of a "
+                                "file of the data folder.", "required": True}
+    )
+    output_dir: str = field(
+        default=None, metadata={"help": "Folder of the distilled policy (save_pretrained), its tokenizer and model "
+                                "card README.md.", "aliases": ["-o"], "required": True}
+    )
+    records: Optional[str] = field(
+        default=None, metadata={"help": "JSONL file the RMOD responses are appended to (resumable; default: "
+                                "OUTPUT_DIR/rmod_responses.jsonl)."}
+    )
+    value_head: Optional[str] = field(
+        default=None, metadata={"help": "Value model folder: a MultiValueHead, or a MiniLM text value model (default: "
+                                "the shipped default value model, hf_rmod/assets/value-minilm-smollm2)."}
+    )
+    prompt_field: str = field(default="prompt", metadata={"help": "JSON field holding the prompt."})
+    limit: Optional[int] = field(default=None, metadata={"help": "Only the first LIMIT prompts."})
+
+    def __post_init__(self) -> None:
+        _check_min(self, 1, "limit")
 
 
 # ------------------------------------------------------------------------------------------------------------

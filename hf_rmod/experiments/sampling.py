@@ -215,21 +215,27 @@ def _run_settings(model: Any, config: SamplingConfig, objectives: list[str] | No
     return json.loads(json.dumps(settings, default=repr))  # the form it takes on disk (tuples -> lists, ...)
 
 
-def _differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+def _differences(recorded: Mapping[str, Any], current: Mapping[str, Any],
+                 compared: Sequence[str] = COMPARED_SETTINGS) -> list[str]:
     """``"name: old -> new"`` for each compared setting known on both sides that differs."""
     return [
         f"{key}: {json.dumps(recorded[key])} -> {json.dumps(current[key])}"
-        for key in COMPARED_SETTINGS
+        for key in compared
         if recorded.get(key) is not None and current.get(key) is not None and recorded[key] != current[key]
     ]
 
 
 class _RecordsFile:
-    """An append-only records file (resumable) guarded by its settings file."""
+    """An append-only records file (resumable) guarded by its settings file.
 
-    def __init__(self, path: str | os.PathLike, settings: dict[str, Any], num_responses: int):
+    ``compared``: the settings that must match to append (default :data:`COMPARED_SETTINGS`; the DISTILL-RMOD
+    data of :mod:`.distill` compares its RMOD settings too)."""
+
+    def __init__(self, path: str | os.PathLike, settings: dict[str, Any], num_responses: int,
+                 compared: Sequence[str] = COMPARED_SETTINGS):
         self.path = Path(path)
         self.settings = settings
+        self.compared = tuple(compared)
         records = _read_resumable(self.path, num_responses)
         self.done = {r["prompt"] for r in records}
         self.recorded = self._recorded_settings(records) if records else None  # None: nothing to mix with
@@ -253,7 +259,7 @@ class _RecordsFile:
         }
 
     def _check(self, current: Mapping[str, Any]) -> None:
-        differences = _differences(self.recorded, current)
+        differences = _differences(self.recorded, current, self.compared)
         if differences:
             raise ValueError(
                 f"{self.path} was sampled with other settings ({'; '.join(differences)}). Appending would mix "
