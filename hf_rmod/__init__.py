@@ -57,6 +57,9 @@ _EXPORTS = {
     "mod_generate": "baselines",
     "distill_rmod": "experiments.distill",
     "DistillConfig": "experiments.configs",
+    "select_best_responses": "experiments.objective_policies",
+    "train_objective_policies": "experiments.objective_policies",
+    "ObjectivePolicyConfig": "experiments.configs",
 }
 
 __all__ = list(_EXPORTS)
@@ -96,5 +99,6 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .scoring import Scorer, make_scorer
     from .solver import SolverResult, solve_weights
     from .baselines import mod_generate, rewarded_soup
-    from .experiments.configs import DistillConfig
+    from .experiments.configs import DistillConfig, ObjectivePolicyConfig
     from .experiments.distill import distill_rmod
+    from .experiments.objective_policies import select_best_responses, train_objective_policies

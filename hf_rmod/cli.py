@@ -1,4 +1,5 @@
-"""The ``hf-rmod`` command line: ``demo``, ``sample``, ``train-value``, ``value-report``, ``evaluate``, ``distill``.
+"""The ``hf-rmod`` command line: ``demo``, ``sample``, ``train-value``, ``value-report``, ``evaluate``, ``distill``,
+``train-objective-policies``.
 
 ``python -m hf_rmod <command>`` is the same program.
 
@@ -41,6 +42,8 @@ from .experiments.configs import (
     DistillConfig,
     EvaluationArguments,
     EvaluationConfig,
+    ObjectivePolicyArguments,
+    ObjectivePolicyConfig,
     PolicyArguments,
     SampleArguments,
     SamplingConfig,
@@ -179,8 +182,8 @@ COMMANDS: dict[str, _Command] = {
         ),
         _Command(
             "evaluate", (PolicyArguments, EvaluationArguments, EvaluationConfig),
-            help="Compare reference sampling, Best-of-K, CD-<objective>, UNIFORM and RMOD (rewards, worst-case "
-            "win rate).",
+            help="Compare reference sampling, Best-of-K, CD-<objective>, UNIFORM, RMOD and the policy baselines "
+            "(Rewarded Soups, MOD, DISTILL-RMOD) (rewards, worst-case win rate).",
             description="Generate with each method, score with the reward functions, write results.jsonl "
             "(resumable), summary.json/.md and plots. Rewards are z-normalised with the value head's "
             "reward_mean/reward_std. Run it under `accelerate launch` to shard the prompts across processes.",
@@ -197,6 +200,18 @@ COMMANDS: dict[str, _Command] = {
             run="_run_distill", on_interrupt="the RMOD responses of the finished batches are in the records file "
             "(default {output_dir}/rmod_responses.jsonl); rerun the same command to resume (prompts already decoded "
             "are skipped; fine-tuning starts over).",
+        ),
+        _Command(
+            "train-objective-policies", (PolicyArguments, ObjectivePolicyArguments, ObjectivePolicyConfig),
+            help="Per-objective policies for Rewarded Soups and MOD: reward-ranked SFT on the best of N sampled "
+            "responses (a stand-in for the paper's GRPO).",
+            description="For each objective, keep each prompt's best response(s) by that reward in --records (`hf-rmod "
+            "sample`: N scored responses per prompt) and fine-tune a fresh copy of the reference policy on them "
+            "with transformers.Trainer (loss on the response tokens only); saves OUTPUT_DIR/<objective>/ "
+            "(save_pretrained, tokenizer, model card README.md). This is reward-ranked fine-tuning (RAFT-style), "
+            "not GRPO. Evaluate the results with `hf-rmod evaluate --objective-policies OUTPUT_DIR`.",
+            run="_run_train_objective_policies", on_interrupt="the policies of the objectives already finished are "
+            "in {output_dir}/<objective>/; training does not resume: rerun with --objectives naming the others.",
         ),
     )
 }
@@ -383,7 +398,7 @@ def _backbone_tokenizer(backbone: str, trust_remote_code: bool) -> Any:
         return None
 
 
-def _records_and_objectives(args: TrainValueArguments) -> tuple[list[dict], list[str]]:
+def _records_and_objectives(args: TrainValueArguments | ObjectivePolicyArguments) -> tuple[list[dict], list[str]]:
     """``--objectives``: names (every record must have them), ``common`` (those every record has) or none (the
     first record's; every record must have the same objectives)."""
     from .experiments.records import common_objectives, load_records
@@ -484,6 +499,68 @@ def _evaluation_prompts(args: EvaluationArguments) -> list[str]:
     return prompts[offset:end]
 
 
+#: The flag that provides the policies of each kind of policy method of ``hf-rmod evaluate``.
+_POLICY_METHOD_FLAGS = {"rewarded_soup": "--objective-policies", "mod": "--objective-policies",
+                        "policy": "--distilled-policy"}
+
+
+def _evaluation_methods(args: EvaluationArguments, objectives: Sequence[str]) -> list[Any]:
+    """``--methods`` over the RMOD grid (``--k/--b/--lam``) and the policy baselines (``rs_w*``, ``mod_w*``,
+    ``distill_rmod``); ``all`` takes the baselines whose policies were given; a selected baseline whose flag is
+    missing is a usage error naming the flag."""
+    from .experiments.methods import baseline_methods, default_methods
+
+    grid = default_methods(objectives, args.k, args.b, args.lam)
+    baselines = baseline_methods(objectives)
+    given = {"--objective-policies": args.objective_policies, "--distilled-policy": args.distilled_policy}
+    if args.methods.strip() == "all":
+        return grid + [m for m in baselines if given[_POLICY_METHOD_FLAGS[m.kind]]]
+    methods = select_methods(args.methods, grid + baselines)
+    for method in methods:
+        flag = _POLICY_METHOD_FLAGS.get(method.kind)
+        if flag is not None and not given[flag]:
+            what = ("a folder with one policy subfolder per objective (`hf-rmod train-objective-policies`)"
+                    if flag == "--objective-policies" else "the distilled policy folder (`hf-rmod distill`)")
+            raise UsageError(f"--methods {method.name} needs {flag} DIR: {what}.")
+    return methods
+
+
+def _load_baseline_policies(args: EvaluationArguments, methods: Sequence[Any], policy: PolicyArguments, device: Any,
+                            tokenizer: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(objective_policies, policies)`` for ``evaluate``: the ``--objective-policies`` subfolders that the RS /
+    MOD methods weight, and ``--distilled-policy`` when ``distill_rmod`` runs; each must share the policy's
+    tokenizer."""
+    from pathlib import Path
+
+    objectives = list(dict.fromkeys(g for m in methods if m.kind in ("rewarded_soup", "mod")
+                                    for g, w in m.policy["weights"].items() if w != 0.0))
+    objective_policies = {}
+    for objective in objectives:
+        folder = Path(args.objective_policies) / objective
+        if not folder.is_dir():
+            present = sorted(p.name for p in Path(args.objective_policies).iterdir() if p.is_dir())
+            raise UsageError(f"--objective-policies {args.objective_policies} has no subfolder {objective!r} (it has "
+                             f"{present}); train it with `hf-rmod train-objective-policies --objectives {objective}`.")
+        objective_policies[objective] = _load_other_policy(policy, folder, device, tokenizer, "--objective-policies")
+    policies = {}
+    if any(m.kind == "policy" for m in methods):
+        policies["distill_rmod"] = _load_other_policy(policy, Path(args.distilled_policy), device, tokenizer,
+                                                      "--distilled-policy")
+    return objective_policies, policies
+
+
+def _load_other_policy(policy: PolicyArguments, folder: Any, device: Any, tokenizer: Any, flag: str) -> Any:
+    """A fine-tuned policy folder, loaded like --policy (dtype, device); its tokenizer must be the policy's."""
+    from .configuration_value_head import describe_tokenizer, tokenizer_fingerprint
+
+    model, own = _load_policy(dataclasses.replace(policy, policy=str(folder), gguf_file=None), device)
+    mine, theirs = tokenizer_fingerprint(tokenizer), tokenizer_fingerprint(own)
+    if mine["sha256"] != theirs["sha256"]:
+        raise UsageError(f"{flag} {folder}: its tokenizer ({describe_tokenizer(theirs)}) is not the --policy "
+                         f"tokenizer ({describe_tokenizer(mine)}); pass policies fine-tuned from --policy.")
+    return model
+
+
 def select_methods(spec: str, available: Sequence[Any]) -> list[Any]:
     """``--methods``: ``all`` or comma-separated names of ``available`` (in the order given)."""
     if spec.strip() == "all":
@@ -498,7 +575,8 @@ def select_methods(spec: str, available: Sequence[Any]) -> list[Any]:
 
 
 def _run_evaluate(policy: PolicyArguments, args: EvaluationArguments, config: EvaluationConfig) -> int:
-    _check_local_paths(policy=policy.policy, value_head=args.value_head, value_tokenizer=args.value_tokenizer)
+    _check_local_paths(policy=policy.policy, value_head=args.value_head, value_tokenizer=args.value_tokenizer,
+                       objective_policies=args.objective_policies, distilled_policy=args.distilled_policy)
     prompts = _evaluation_prompts(args)
     rewards = None
     if args.reward:
@@ -510,9 +588,7 @@ def _run_evaluate(policy: PolicyArguments, args: EvaluationArguments, config: Ev
     if accelerator is not None:
         device = accelerator.device
     head = _load_value_head(args.value_head, device)  # a text value model gets the policy's tokenizer below
-    from .experiments.methods import default_methods
-
-    methods = select_methods(args.methods, default_methods(head.objectives, args.k, args.b, args.lam))
+    methods = _evaluation_methods(args, head.objectives)
     if rewards is None:
         from .rewards import default_reward_functions
 
@@ -520,6 +596,7 @@ def _run_evaluate(policy: PolicyArguments, args: EvaluationArguments, config: Ev
     model, tokenizer = _load_policy(policy, device)
     if getattr(head, "reward_fns", None) is not None and head.tokenizer is None:  # a RewardValueModel
         head.tokenizer = tokenizer
+    objective_policies, policies = _load_baseline_policies(args, methods, policy, device, tokenizer)
     from .experiments.evaluation import evaluate
 
     value_tokenizer = None
@@ -544,7 +621,8 @@ def _run_evaluate(policy: PolicyArguments, args: EvaluationArguments, config: Ev
         value_model = RewardValueModel(value_fns, tokenizer=tokenizer, normalization=head)
     result = evaluate(model, tokenizer, head, rewards, prompts, methods, config, output_dir=args.output_dir,
                       accelerator=accelerator, show_progress=args.progress, policy_id=policy.policy,
-                      value_tokenizer=value_tokenizer, value_model=value_model)
+                      value_tokenizer=value_tokenizer, value_model=value_model,
+                      objective_policies=objective_policies, policies=policies)
     if accelerator is None or accelerator.is_main_process:
         print(result.summary_md_path.read_text(encoding="utf-8"))
         print(f"results: {result.results_path}\nsummary: {result.summary_path}")
@@ -575,6 +653,24 @@ def _run_distill(policy: PolicyArguments, args: DistillArguments, config: Distil
                           "num_prompts": result.num_prompts, "num_examples": result.num_examples,
                           "num_generated": result.num_generated, "final_train_loss": result.final_train_loss},
                          indent=2))
+    return 0
+
+
+def _run_train_objective_policies(policy: PolicyArguments, args: ObjectivePolicyArguments,
+                                  config: ObjectivePolicyConfig) -> int:
+    import json
+
+    _check_local_paths(policy=policy.policy)
+    records, objectives = _records_and_objectives(args)  # a bad file or objective fails before any model loads
+    device = _setup_torch(policy)
+    model, tokenizer = _load_policy(policy, device)  # cached by the loader: each objective trains a deep copy
+    from .experiments.objective_policies import train_objective_policies
+
+    results = train_objective_policies(model, tokenizer, records, objectives, config, output_dir=args.output_dir,
+                                       policy_id=policy.policy)
+    print(json.dumps({g: {"output_dir": str(r.output_dir), "num_examples": r.num_examples,
+                          "mean_reward_selected": r.mean_reward_selected, "mean_reward_all": r.mean_reward_all,
+                          "final_train_loss": r.final_train_loss} for g, r in results.items()}, indent=2))
     return 0
 
 

@@ -68,6 +68,7 @@ REQUIRED = {
     "value-report": ["--records", "r.jsonl"],
     "evaluate": ["-o", "out"],
     "distill": ["--prompts", "p.jsonl", "-o", "out"],
+    "train-objective-policies": ["--records", "r.jsonl", "-o", "out"],
 }
 
 
@@ -83,6 +84,7 @@ def test_every_default_comes_from_the_config_dataclasses(command):
         "value-report": {"records": "r.jsonl"},
         "evaluate": {"output_dir": "out"},
         "distill": {"prompts": "p.jsonl", "output_dir": "out"},
+        "train-objective-policies": {"records": "r.jsonl", "output_dir": "out"},
     }[command]
     for obj in parsed:
         names = {f.name for f in dataclasses.fields(obj)}

@@ -9,6 +9,8 @@ evaluating decoding methods.
 - :mod:`.methods`, :mod:`.evaluation`, :mod:`.results`, :mod:`.summary`, :mod:`.plots`:
   :func:`~.evaluation.evaluate` and what it writes.
 - :mod:`.distill`: DISTILL-RMOD, :func:`~.distill.distill_rmod` (RMOD's responses, then SFT with ``Trainer``).
+- :mod:`.objective_policies`: the per-objective policies of Rewarded Soups / MOD,
+  :func:`~.objective_policies.train_objective_policies` (reward-ranked SFT on best-of-N; a stand-in for GRPO).
 - :mod:`.demo`: ``hf-rmod demo``.
 
 The core (``hf_rmod.config``, ``solver``, ``scoring``, ``generation``, ``modeling_value_head``, ``rewards``)

@@ -17,6 +17,7 @@ Which dataclass goes where:
 :class:`ValueReportArguments` ``ranking_report`` / ``hf-rmod value-report``
 :class:`EvaluationConfig`  ``evaluate`` / ``hf-rmod evaluate``
 :class:`DistillConfig`     ``distill_rmod`` / ``hf-rmod distill`` (DISTILL-RMOD: SFT on RMOD's responses)
+:class:`ObjectivePolicyConfig` ``train_objective_policies`` / ``hf-rmod train-objective-policies``
 :class:`DemoConfig`        ``hf-rmod demo``
 ========================  ==================================================================================
 
@@ -40,6 +41,8 @@ __all__ = [
     "DistillConfig",
     "EvaluationArguments",
     "EvaluationConfig",
+    "ObjectivePolicyArguments",
+    "ObjectivePolicyConfig",
     "PolicyArguments",
     "SampleArguments",
     "SamplingConfig",
@@ -386,7 +389,18 @@ class EvaluationArguments:
     )
     methods: str = field(
         default="all",
-        metadata={"help": "Comma-separated method names (e.g. reference,uniform_k8_b16,rmod_k8_b16_lam0.5) or 'all'."},
+        metadata={"help": "Comma-separated method names (e.g. reference,uniform_k8_b16,rmod_k8_b16_lam0.5,rs_w0.8,"
+                  "mod_w0.8,distill_rmod) or 'all': the RMOD grid, plus rs_w*/mod_w* (weight of the first objective "
+                  "1.0, 0.8, ..., 0.0) with --objective-policies and distill_rmod with --distilled-policy."},
+    )
+    objective_policies: Optional[str] = field(
+        default=None,
+        metadata={"help": "Folder with one policy subfolder per value-head objective (as `hf-rmod "
+                  "train-objective-policies` writes it): what the rs_w* (Rewarded Soups) and mod_w* (MOD) methods "
+                  "combine."},
+    )
+    distilled_policy: Optional[str] = field(
+        default=None, metadata={"help": "Policy folder of the distill_rmod method (as `hf-rmod distill` writes it)."}
     )
     k: list[int] = field(default_factory=lambda: [8], metadata={"help": "Numbers of candidates K."})
     b: list[int] = field(default_factory=lambda: [16], metadata={"help": "Block sizes B."})
@@ -411,19 +425,11 @@ _RESERVED_TRAINING_KWARGS = (
 
 
 @dataclass
-class DistillConfig(_GenerationSettings):
-    """How :func:`~hf_rmod.experiments.distill.distill_rmod` decodes with RMOD and fine-tunes on the responses.
+class _SFTSettings:
+    """The supervised fine-tuning settings (``transformers.Trainer``, loss on the response tokens only) shared by
+    :class:`DistillConfig` and :class:`ObjectivePolicyConfig`; read by
+    :func:`~hf_rmod.experiments.distill.sft_on_records`."""
 
-    Defaults are the paper's DISTILL-RMOD settings: K = 16, B = 16, λ = 0.5, 3 epochs of SFT.
-    """
-
-    num_candidates: int = field(default=16, metadata={"help": "K: candidate blocks per RMOD block.", "aliases": ["-k"]})
-    block_size: int = field(default=16, metadata={"help": "B: tokens per RMOD block.", "aliases": ["-b"]})
-    lam: float = field(default=0.5, metadata={"help": "λ of RMOD (> 0)."})
-    max_new_tokens: int = field(default=96, metadata={"help": "Response length cap in tokens."})
-    generation_batch_size: int = field(
-        default=4, metadata={"help": "Prompts per RMOD generate() call (each decodes K candidate rows)."}
-    )
     epochs: int = field(default=3, metadata={"help": "SFT epochs."})
     lr: float = field(default=1e-5, metadata={"help": "SFT learning rate (AdamW)."})
     batch_size: int = field(default=8, metadata={"help": "SFT examples per device and step (before accumulation)."})
@@ -435,17 +441,18 @@ class DistillConfig(_GenerationSettings):
         default=None, metadata={"help": "Cut training examples (prompt + response + EOS) to this many tokens from "
                                 "the right (default: no cut)."}
     )
-    seed: int = field(default=0, metadata={"help": "Seed of the RMOD decoding and of the Trainer."})
+    seed: int = field(default=0, metadata={"help": "Seed of the Trainer."})
     training_kwargs: Optional[str] = field(
         default=None, metadata={"help": "JSON object of further transformers.TrainingArguments, e.g. "
                                 "'{\"bf16\": true, \"gradient_checkpointing\": true}'."}
     )
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_min(self, 1, "num_candidates", "block_size", "max_new_tokens", "generation_batch_size", "epochs",
-                   "batch_size", "gradient_accumulation_steps", "max_length")
-        _check_min(self, 0, "lam", "lr", "max_grad_norm", strict=True)
+        parent = getattr(super(), "__post_init__", None)
+        if parent is not None:  # DistillConfig: the generation settings are checked too
+            parent()
+        _check_min(self, 1, "epochs", "batch_size", "gradient_accumulation_steps", "max_length")
+        _check_min(self, 0, "lr", "max_grad_norm", strict=True)
         _check_min(self, 0, "weight_decay")
         self.training_kwargs = _parse_json_object("training_kwargs", self.training_kwargs)
         reserved = sorted(set(self.training_kwargs or {}) & set(_RESERVED_TRAINING_KWARGS))
@@ -455,6 +462,29 @@ class DistillConfig(_GenerationSettings):
                 "`gradient_accumulation_steps`, `weight_decay`, `max_grad_norm`, `lr_scheduler_type`, `seed` "
                 "(the output folder is `output_dir`)."
             )
+
+
+@dataclass
+class DistillConfig(_SFTSettings, _GenerationSettings):
+    """How :func:`~hf_rmod.experiments.distill.distill_rmod` decodes with RMOD and fine-tunes on the responses.
+
+    Defaults are the paper's DISTILL-RMOD settings: K = 16, B = 16, λ = 0.5, 3 epochs of SFT. The SFT fields
+    (``epochs`` ... ``training_kwargs``) are those of :class:`ObjectivePolicyConfig` as well.
+    """
+
+    seed: int = field(default=0, metadata={"help": "Seed of the RMOD decoding and of the Trainer."})
+    num_candidates: int = field(default=16, metadata={"help": "K: candidate blocks per RMOD block.", "aliases": ["-k"]})
+    block_size: int = field(default=16, metadata={"help": "B: tokens per RMOD block.", "aliases": ["-b"]})
+    lam: float = field(default=0.5, metadata={"help": "λ of RMOD (> 0)."})
+    max_new_tokens: int = field(default=96, metadata={"help": "Response length cap in tokens."})
+    generation_batch_size: int = field(
+        default=4, metadata={"help": "Prompts per RMOD generate() call (each decodes K candidate rows)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_min(self, 1, "num_candidates", "block_size", "max_new_tokens", "generation_batch_size")
+        _check_min(self, 0, "lam", strict=True)
 
 
 @dataclass
@@ -482,6 +512,45 @@ class DistillArguments:
 
     def __post_init__(self) -> None:
         _check_min(self, 1, "limit")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Per-objective policies (the policies that Rewarded Soups and MOD combine)
+# ------------------------------------------------------------------------------------------------------------
+@dataclass
+class ObjectivePolicyConfig(_SFTSettings):
+    """How :func:`~hf_rmod.experiments.objective_policies.train_objective_policies` fine-tunes one policy per
+    objective: reward-ranked SFT on the best of the N sampled responses of each prompt (a stand-in for the paper's
+    GRPO). The SFT fields are those of :class:`DistillConfig` (same defaults)."""
+
+    top_m: int = field(
+        default=1, metadata={"help": "Responses kept per prompt and objective: the M with the highest reward of that "
+                             "objective (1: best-of-N)."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_min(self, 1, "top_m")
+
+
+@dataclass
+class ObjectivePolicyArguments:
+    """Command-line inputs of ``hf-rmod train-objective-policies``."""
+
+    records: str = field(
+        default=None, metadata={"help": "JSONL written by `hf-rmod sample` (N scored responses per prompt).",
+                                "required": True}
+    )
+    output_dir: str = field(
+        default=None, metadata={"help": "One policy folder per objective is written to OUTPUT_DIR/<objective>/ "
+                                "(save_pretrained, tokenizer, model card README.md).", "aliases": ["-o"],
+                                "required": True}
+    )
+    objectives: Optional[str] = field(
+        default=None, metadata={"help": "Comma-separated objectives to train a policy for, e.g. harmless,helpful "
+                                "(default: every objective of the first record; every record must have them); "
+                                "`common`: the objectives every record has."}
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------

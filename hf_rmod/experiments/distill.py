@@ -52,6 +52,7 @@ __all__ = [
     "ResponseOnlyCollator",
     "build_sft_example",
     "distill_rmod",
+    "fine_tune",
     "generate_distillation_data",
     "sft_on_records",
 ]
@@ -401,11 +402,38 @@ def sft_on_records(
     """
     config = merge_config(DistillConfig, config, overrides, "sft_on_records")
     records, source, data_settings = _load_sft_records(records)
-    examples = _examples(model, tokenizer, records, config.max_length)
+    base = describe_policy(model, policy_id)
+    result, steps, is_main = fine_tune(model, tokenizer, records, config, output_dir=output_dir, source=source,
+                                       show_progress=show_progress)
+    if is_main:
+        card = _model_card(base, data_settings, source, result, config, steps)
+        (Path(output_dir) / "README.md").write_text(card, encoding="utf-8")
+    return result
+
+
+def fine_tune(model: Any, tokenizer: Any, records: Sequence[Mapping[str, Any]], config: Any, *,
+              output_dir: str | os.PathLike, source: str | None = None,
+              show_progress: bool = True) -> tuple[DistillResult, int, bool]:
+    """The SFT step of :func:`sft_on_records` without its model card: train ``model`` on ``records`` (checked
+    records with ``prompt_ids`` / ``response_ids``) and ``save_model`` it (and the tokenizer) to ``output_dir``.
+
+    Args:
+        model: the policy, trained in place and left in eval mode.
+        tokenizer: its tokenizer (saved with it).
+        records: the training records (one example each, :func:`build_sft_example`).
+        config: the SFT settings: a :class:`DistillConfig` or an
+            :class:`~hf_rmod.experiments.configs.ObjectivePolicyConfig` (their shared SFT fields are read).
+        output_dir: folder of the fine-tuned policy.
+        source: the records file, recorded in the result.
+        show_progress: the Trainer's progress bar and per-epoch log lines.
+
+    Returns:
+        ``(result, optimizer steps, whether this is the main process)``; write a model card on the main process.
+    """
+    examples = _examples(model, tokenizer, list(records), config.max_length)
     args = _training_arguments(config, output_dir, model, show_progress)
     from transformers import PrinterCallback, Trainer
 
-    base = describe_policy(model, policy_id)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _eos_id(model, tokenizer)
     trainer = Trainer(model=model, args=args, train_dataset=examples, data_collator=ResponseOnlyCollator(pad_id),
                       processing_class=tokenizer)
@@ -420,10 +448,7 @@ def sft_on_records(
         train_loss=float(output.training_loss), final_train_loss=float(losses[-1]) if losses else None, model=model,
     )
     trainer.save_model(str(output_dir))  # the policy (safetensors) and the tokenizer; main process only
-    if trainer.is_world_process_zero():
-        card = _model_card(base, data_settings, source, result, config, trainer.state.global_step)
-        (Path(output_dir) / "README.md").write_text(card, encoding="utf-8")
-    return result
+    return result, trainer.state.global_step, trainer.is_world_process_zero()
 
 
 def _load_sft_records(records: Any) -> tuple[list[dict], str | None, dict | None]:
@@ -475,7 +500,7 @@ def _examples(model: Any, tokenizer: Any, records: list[dict], max_length: int |
     return examples
 
 
-def _training_arguments(config: DistillConfig, output_dir: str | os.PathLike, model: Any, show_progress: bool):
+def _training_arguments(config: Any, output_dir: str | os.PathLike, model: Any, show_progress: bool):
     """The ``TrainingArguments`` of the SFT (``config.training_kwargs`` over the fields); bad names raise."""
     from transformers import TrainingArguments
 
@@ -531,9 +556,24 @@ def _model_card(base: str, data: dict | None, source: str | None, result: Distil
         f"- **Records file**: `{source}`" + (f" (settings: `{settings_path(source).name}`)" if source else ""),
         f"- **Prompts / responses**: {result.num_prompts} / {result.num_examples}",
         "",
+        *training_card_lines(config, result, steps, "as RMOD saw them"),
+    ]
+    return f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines)
+
+
+def training_card_lines(config: Any, result: DistillResult, steps: int, prompt_ids: str) -> list[str]:
+    """The "Training" and "Usage" sections of a fine-tuned policy's model card (Markdown lines).
+
+    Args:
+        config: the SFT settings (a :class:`DistillConfig` or an ``ObjectivePolicyConfig``).
+        result: what :func:`fine_tune` returned.
+        steps: the optimizer steps.
+        prompt_ids: where the prompt ids come from, e.g. ``"as RMOD saw them"``.
+    """
+    return [
         "## Training",
         "",
-        "- **Trainer**: `transformers.Trainer`, AdamW; examples are the prompt ids (as RMOD saw them) + response "
+        f"- **Trainer**: `transformers.Trainer`, AdamW; examples are the prompt ids ({prompt_ids}) + response "
         "ids + EOS, labels -100 on the prompt and the padding",
         f"- **Epochs**: {config.epochs}, **learning rate**: {config.lr:g} ({config.lr_scheduler_type}), "
         f"**batch size**: {config.batch_size} per device x {config.gradient_accumulation_steps} accumulation, "
@@ -555,7 +595,6 @@ def _model_card(base: str, data: dict | None, source: str | None, result: Distil
         "```",
         "",
     ]
-    return f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines)
 
 
 def _loss(value: float | None) -> str:

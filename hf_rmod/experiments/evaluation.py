@@ -1,8 +1,9 @@
 """Evaluation of decoding methods with the Section 6.1 metrics of the paper (rewards, worst-case win rate).
 
 :func:`evaluate` runs every :class:`~hf_rmod.experiments.methods.EvalMethod` (plain reference sampling, robust
-Best-of-K, single-objective controlled decoding ``CD-<objective>``, UNIFORM and RMOD(λ)) on the same prompts, scores
-each response with ``G`` reward functions and writes, under ``output_dir``:
+Best-of-K, single-objective controlled decoding ``CD-<objective>``, UNIFORM, RMOD(λ), and the policy baselines
+Rewarded Soups, MOD and DISTILL-RMOD) on the same prompts, scores each response with ``G`` reward functions and
+writes, under ``output_dir``:
 
 - ``results.jsonl``: one row per (prompt, method) — response, raw rewards, length, time and, for RMOD methods,
   the per-block weight / value trace. Resumable: rows already present are skipped on restart.
@@ -33,15 +34,16 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from .._utils import check_unique_names, module_device
 from ..config import RMODConfig
+from ..baselines import soups as _soups
 from ..generation import enable
-from ..modeling_value_head import MultiValueHead
+from ..modeling_value_head import MultiValueHead, _policy_sizes
 from ..rewards import score_rewards
 from . import results as _results
 from .configs import EvaluationConfig, merge_config
@@ -92,6 +94,29 @@ class _Run:
     rmod_configs: dict[str, RMODConfig | None]
     eos_ids: set[int]
     device: torch.device
+    objective_policies: dict[str, Any] = field(default_factory=dict)  # those the RS / MOD methods use
+    policies: dict[str, Any] = field(default_factory=dict)  # those the EvalMethod.policy methods use
+
+
+@dataclass
+class _Sampler:
+    """What decodes the batches of one method: ``model.generate`` (the reference policy, a soup, another policy)
+    or, with ``mod_policies``, MOD over those policies (``model`` is the first one, whose settings apply)."""
+
+    model: Any
+    sampling: dict  # generate() sampling arguments for `model`
+    eos_ids: set[int]
+    mod_policies: list | None = None
+    mod_weights: list[float] | None = None
+
+    def generate(self, enc: Mapping, **kwargs: Any) -> Any:
+        """``enc``: ``input_ids`` / ``attention_mask`` (b, P) on ``model``'s device -> what ``generate`` returns."""
+        if self.mod_policies is None:
+            return self.model.generate(**enc, **kwargs)
+        from ..baselines import mod_generate
+
+        return mod_generate(self.mod_policies, self.mod_weights, enc["input_ids"],
+                            attention_mask=enc["attention_mask"], **kwargs)
 
 
 def evaluate(
@@ -109,6 +134,8 @@ def evaluate(
     policy_id: str | None = None,
     value_tokenizer: Any = None,
     value_model: Any = None,
+    objective_policies: Mapping[str, Any] | None = None,
+    policies: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> EvaluationResult:
     """Generate with every method on every prompt, score, summarize and plot (resumable).
@@ -120,10 +147,17 @@ def evaluate(
     applied once). Responses are cut after the first EOS and decoded with ``skip_special_tokens=True``, then
     scored with ``score_rewards(reward_fns, prompts, responses)`` on the plain (un-templated) prompts.
 
+    Methods with a ``policy`` sample plainly (``generate(**enc, max_new_tokens=..., **config.sampling)``) from
+    another policy: ``EvalMethod.rewarded_soup(weights)`` from ``rewarded_soup`` of the ``objective_policies`` with
+    a non-zero weight (built once per method, when the method has rows to generate; one policy alone is used as
+    it is), ``EvalMethod.mod(weights)`` from ``mod_generate`` over them, ``EvalMethod.policy(key)`` /
+    ``EvalMethod.distill_rmod()`` from ``policies[key]``.
+
     One JSONL row per (prompt, method) is appended to ``output_dir/results.jsonl`` (``results.rank{i}.jsonl``
     per process under accelerate), one write per batch::
 
-        {"prompt_id": int, "prompt": str, "method": str, "rmod": {...} | null, "response": str,
+        {"prompt_id": int, "prompt": str, "method": str, "rmod": {...} | null, "policy": {...} | null,
+         "response": str,
          "rewards": {objective: float}, "num_new_tokens": int, "seconds": float,
          # RMOD methods only, one entry per decoded block, each a list over the G value objectives:
          "value_objectives": [str], "weights": [[float]], "chosen_values": [[float]], "mean_values": [[float]]}
@@ -138,9 +172,10 @@ def evaluate(
     ``batch_size`` and number of processes (a batch that was only partly written is regenerated with a different
     batch composition, hence different samples). Before anything is generated the run is checked against the
     folder's ``run.json``: ``max_new_tokens``, the sampling settings, ``chat_template``, ``seed``, the policy
-    (``policy_id`` or the model's ``name_or_path``), the value head (objectives and a hash of its weights) and
-    the reward functions (names and ``module:qualname``) must match, and the rows must have the same prompt texts
-    and method settings; otherwise a ``ValueError`` names every difference.
+    (``policy_id`` or the model's ``name_or_path``), the value head (objectives and a hash of its weights), the
+    reward functions (names and ``module:qualname``) and every objective policy / other policy that a method used
+    before and uses again (``name_or_path`` and a hash of its weights) must match, and the rows must have the same
+    prompt texts and method settings (``rmod``, ``policy``); otherwise a ``ValueError`` names every difference.
 
     Args:
         model: causal LM (the reference policy). Its ``generate`` is wrapped by :func:`hf_rmod.enable`.
@@ -162,6 +197,12 @@ def evaluate(
         show_progress: tqdm bar (main process).
         policy_id: how run.json names the policy (default: the model's ``name_or_path``); pass it when the model
             was loaded in a way its ``name_or_path`` does not tell (e.g. a GGUF file).
+        value_tokenizer / value_model: see below.
+        objective_policies: ``{objective: causal LM}``, one policy fine-tuned from the reference per objective
+            (:func:`~hf_rmod.experiments.objective_policies.train_objective_policies`); what the RS and MOD methods
+            combine. Each objective with a non-zero weight in such a method needs its policy.
+        policies: ``{key: causal LM}``: the policies of the ``EvalMethod.policy(key)`` methods, e.g.
+            ``{"distill_rmod": distilled_model}`` for ``EvalMethod.distill_rmod()``.
         **overrides: fields of ``EvaluationConfig`` given as keywords (``max_new_tokens=64``) override ``config``.
 
     Returns:
@@ -178,11 +219,13 @@ def evaluate(
 
     Raises:
         ValueError / TypeError: empty prompts, duplicate or invalid methods, an objective the value head lacks,
-            reserved ``generation_kwargs``, a tokenizer without a pad token or chat template, an ``output_dir``
+            reserved ``generation_kwargs``, a tokenizer without a pad token or chat template, a policy that a
+            method needs and was not given (or has another vocabulary / architecture), an ``output_dir``
             generated with other settings, an unknown keyword.
     """
     config = merge_config(EvaluationConfig, config, overrides, "evaluate")
-    run = _prepare(model, tokenizer, value_head, reward_fns, prompts, methods, config, value_tokenizer, value_model)
+    run = _prepare(model, tokenizer, value_head, reward_fns, prompts, methods, config, value_tokenizer, value_model,
+                   objective_policies, policies)
     out_dir = Path(output_dir)
     rank = accelerator.process_index if accelerator is not None else 0
     world = accelerator.num_processes if accelerator is not None else 1
@@ -190,11 +233,14 @@ def evaluate(
     settings = _results.run_settings(
         config=config, generation_kwargs=run.sampling, world=world, policy=_results.describe_policy(model, policy_id),
         value_head=_results.describe_value_head(value_head, value_tokenizer, value_model), rewards=run.rewards,
+        objective_policies={g: _results.describe_model(m) for g, m in run.objective_policies.items()},
+        policies={key: _results.describe_model(m) for key, m in run.policies.items()},
     )
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     _barrier(accelerator)
     _results.check_run_settings(out_dir, settings)
+    settings = _results.keep_recorded_policies(out_dir, settings)
     own_path = _results.own_results_path(out_dir, rank, world)
     existing = _results.read_existing_rows(out_dir, own_path)
     _results.check_existing_rows(existing, run.prompts, run.methods)
@@ -214,10 +260,12 @@ def evaluate(
 # checks (everything that can fail does so before any generation)
 # ------------------------------------------------------------------------------------------------------------
 def _prepare(model, tokenizer, value_head, reward_fns, prompts, methods, config: EvaluationConfig,
-             value_tokenizer: Any = None, value_model: Any = None) -> _Run:
+             value_tokenizer: Any = None, value_model: Any = None, objective_policies: Any = None,
+             policies: Any = None) -> _Run:
     """Validate the inputs and build the per-method RMOD configs and the sampling settings."""
     prompts = _check_prompts(prompts)
     methods = _check_methods(methods)
+    used_objective, used_policies = _used_policies(methods, objective_policies, policies, model)
     from ..reward_values import RewardValueModel
 
     if not isinstance(value_head, (MultiValueHead, RewardValueModel)):
@@ -251,7 +299,7 @@ def _prepare(model, tokenizer, value_head, reward_fns, prompts, methods, config:
             value_head.check_compatible(model)
         enable(model)
     return _Run(model, tokenizer, reward_fns, rewards, prompts, methods, config, sampling, rmod_configs,
-                eos_token_ids(model, tokenizer), module_device(model))
+                eos_token_ids(model, tokenizer), module_device(model), used_objective, used_policies)
 
 
 def _check_prompts(prompts: Any) -> list[str]:
@@ -279,6 +327,84 @@ def _check_methods(methods: Any) -> list[EvalMethod]:
     check_unique_names([m.name for m in methods], "methods", kind="method names",
                        if_empty="e.g. methods=default_methods(value_head.objectives)")
     return methods
+
+
+_POLICY_FLAGS = {
+    "objective_policies": "--objective-policies DIR, one subfolder per objective as `hf-rmod "
+                          "train-objective-policies` writes them",
+    "policies": "--distilled-policy DIR for distill_rmod",
+}
+
+
+def _used_policies(methods: list[EvalMethod], objective_policies: Any, policies: Any,
+                   model: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``({objective: policy}, {key: policy})`` that the methods sample from; a policy a method needs and was not
+    given, or one that cannot serve it, raises now (before anything is generated)."""
+    objective_policies = _check_policy_mapping(objective_policies, "objective_policies")
+    policies = _check_policy_mapping(policies, "policies")
+    used_objective: dict[str, Any] = {}
+    used_policies: dict[str, Any] = {}
+    for method in methods:
+        spec = method.policy
+        if spec is None:
+            continue
+        if spec["kind"] == "policy":
+            used_policies[spec["key"]] = _lookup_policy(method, policies, "policies", spec["key"])
+            continue
+        for objective in [g for g, w in spec["weights"].items() if w != 0.0]:  # a zero weight needs no policy
+            used_objective[objective] = _lookup_policy(method, objective_policies, "objective_policies", objective)
+        if spec["kind"] == "rewarded_soup":
+            _check_soup(method, objective_policies)
+    vocab = _policy_sizes(model)[1]
+    for argument, used in (("objective_policies", used_objective), ("policies", used_policies)):
+        for key, policy in used.items():
+            size = _policy_sizes(policy)[1]
+            if size != vocab:
+                raise ValueError(
+                    f"`{argument}[{key!r}]` has a vocabulary of {size} tokens but the reference policy has {vocab}: "
+                    "the methods sample with the reference's tokenizer; pass policies fine-tuned from the reference."
+                )
+    return used_objective, used_policies
+
+
+def _check_policy_mapping(value: Any, argument: str) -> dict[str, Any]:
+    """``{name: causal LM}`` (``None``: empty); anything else is a TypeError naming the argument."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"`{argument}` must be a dict {{name: model}}, got {type(value).__name__}; e.g. "
+                        f"{argument}={{'harmless': model_a, 'helpful': model_b}}.")
+    for key, policy in value.items():
+        if not isinstance(key, str) or not isinstance(policy, torch.nn.Module) or not callable(
+                getattr(policy, "generate", None)):
+            raise TypeError(f"`{argument}[{key!r}]` must be a transformers causal LM keyed by a string, got "
+                            f"{type(policy).__name__}; load it with AutoModelForCausalLM.from_pretrained(folder).")
+    return dict(value)
+
+
+def _lookup_policy(method: EvalMethod, given: dict[str, Any], argument: str, key: str) -> Any:
+    """``given[key]``, or a ValueError naming the method, the argument, the key and the CLI flag."""
+    if key in given:
+        return given[key]
+    what = {"rewarded_soup": "Rewarded Soups", "mod": "MOD", "policy": "plain sampling"}[method.kind]
+    has = f"it has {sorted(given)}" if given else "none was given"
+    raise ValueError(
+        f"Method {method.name!r} ({what}) samples from `{argument}[{key!r}]`, which evaluate() was not given "
+        f"({has}); pass {argument}={{{key!r}: model, ...}} (CLI: {_POLICY_FLAGS[argument]}) or drop the method."
+    )
+
+
+def _check_soup(method: EvalMethod, objective_policies: dict[str, Any]) -> None:
+    """The policies a Rewarded Soup averages must share class, config and parameter shapes (checked now; the soup
+    itself is built when the method's rows are generated)."""
+    names = [g for g, w in method.policy["weights"].items() if w != 0.0]
+    first = objective_policies[names[0]]
+    for index, name in enumerate(names[1:], start=1):
+        try:
+            _soups._check_same_architecture(first, objective_policies[name], index)
+        except ValueError as err:
+            raise ValueError(f"Method {method.name!r}: `objective_policies[{name!r}]` cannot be averaged with "
+                             f"`objective_policies[{names[0]!r}]` ({err})") from None
 
 
 def _sampling_kwargs(config: EvaluationConfig, tokenizer, model) -> dict:
@@ -335,11 +461,13 @@ def _generate_missing(run: _Run, value_head, my_ids: list[int], done: set, own_p
     bar = progress(todo, "evaluate", unit="prompt", disable=not show)
     generated, checked = 0, False
     for method in run.methods:
+        sampler = None  # built when the method has something to generate (a soup: once per method)
         for batch_ids in batches:
             ids = [p for p in batch_ids if (p, method.name) not in done]
             if not ids:
                 continue
-            rows = _run_batch(run, method, ids, _batch_seed(run.config.seed, method.name, batch_ids[0]))
+            sampler = sampler or _sampler(run, method)
+            rows = _run_batch(run, method, sampler, ids, _batch_seed(run.config.seed, method.name, batch_ids[0]))
             if not checked:  # the reward names are known once something was scored: fail before writing
                 reward_normalization(value_head, list(rows[0]["rewards"]))
                 checked = True
@@ -350,28 +478,46 @@ def _generate_missing(run: _Run, value_head, my_ids: list[int], done: set, own_p
     return generated
 
 
-def _run_batch(run: _Run, method: EvalMethod, ids: list[int], seed: int) -> list[dict]:
+def _sampler(run: _Run, method: EvalMethod) -> _Sampler:
+    """The decoder of ``method``: the reference policy, a Rewarded Soup (built here), MOD or another policy."""
+    spec = method.policy
+    if spec is None:
+        return _Sampler(run.model, run.sampling, run.eos_ids)
+    if spec["kind"] == "policy":
+        model = run.policies[spec["key"]]
+        return _Sampler(model, _sampling_kwargs(run.config, run.tokenizer, model), eos_token_ids(model, run.tokenizer))
+    active = [(run.objective_policies[g], w) for g, w in spec["weights"].items() if w != 0.0]  # G' policies
+    models, weights = [m for m, _ in active], [w for _, w in active]
+    if spec["kind"] == "mod":
+        model = models[0]
+        return _Sampler(model, _sampling_kwargs(run.config, run.tokenizer, model),
+                        eos_token_ids(model, run.tokenizer), mod_policies=models, mod_weights=weights)
+    soup = models[0] if len(models) == 1 else _soups.rewarded_soup(models, weights)  # one policy: itself
+    return _Sampler(soup, _sampling_kwargs(run.config, run.tokenizer, soup), eos_token_ids(soup, run.tokenizer))
+
+
+def _run_batch(run: _Run, method: EvalMethod, sampler: _Sampler, ids: list[int], seed: int) -> list[dict]:
     """Generate, decode and score one batch of prompts with one method -> its result rows."""
     texts = [run.prompts[i] for i in ids]
-    enc = encode_prompts(run.tokenizer, texts, run.config.chat_template).to(run.device)
+    enc = encode_prompts(run.tokenizer, texts, run.config.chat_template).to(module_device(sampler.model))
     width = enc["input_ids"].shape[1]
     cfg = run.rmod_configs[method.name]
     extra = {} if cfg is None else {"rmod_config": cfg, "return_dict_in_generate": True}
     torch.manual_seed(seed)
     start = time.perf_counter()
     with torch.no_grad():
-        out = run.model.generate(**enc, max_new_tokens=run.config.max_new_tokens, **extra, **run.sampling)
+        out = sampler.generate(enc, max_new_tokens=run.config.max_new_tokens, **extra, **sampler.sampling)
     seconds = (time.perf_counter() - start) / len(ids)
     sequences = out.sequences if hasattr(out, "sequences") else out  # (b, P + new)
-    new_ids = [cut_at_eos(seq, run.eos_ids) for seq in sequences[:, width:].tolist()]
+    new_ids = [cut_at_eos(seq, sampler.eos_ids) for seq in sequences[:, width:].tolist()]
     responses = [run.tokenizer.decode(r, skip_special_tokens=True) for r in new_ids]
     rewards, names = score_rewards(run.reward_fns, texts, responses)  # (b, G)
     rows = []
     for row, pid in enumerate(ids):
         record = {
             "prompt_id": pid, "prompt": run.prompts[pid], "method": method.name, "rmod": jsonable(method.rmod),
-            "response": responses[row], "rewards": dict(zip(names, rewards[row].tolist())),
-            "num_new_tokens": len(new_ids[row]), "seconds": seconds,
+            "policy": jsonable(method.policy), "response": responses[row],
+            "rewards": dict(zip(names, rewards[row].tolist())), "num_new_tokens": len(new_ids[row]), "seconds": seconds,
         }
         if cfg is not None:
             record.update(_trace(out, row))

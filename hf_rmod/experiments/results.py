@@ -23,14 +23,17 @@ __all__ = [
     "RUN_FILE",
     "check_existing_rows",
     "check_run_settings",
+    "describe_model",
     "describe_policy",
     "describe_rewards",
     "describe_value_head",
+    "keep_recorded_policies",
     "load_results",
     "merge_rank_files",
     "read_existing_rows",
     "reward_items",
     "run_settings",
+    "weights_sha256",
     "write_run_settings",
 ]
 
@@ -41,6 +44,8 @@ _RUN_CHECKED = (
     "max_new_tokens", "generation_kwargs", "chat_template", "seed", "policy",
     "value_head.objectives", "value_head.sha256", "value_head.value_tokenizer", "value_head.value_model", "rewards",
 )
+#: Groups of run.json naming the policies of the RS / MOD / policy methods; compared entry by entry.
+_POLICY_GROUPS = ("objective_policies", "policies")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -93,8 +98,10 @@ def read_existing_rows(out_dir: Path, own_path: Path) -> list[dict]:
 
 
 def check_existing_rows(rows: list[dict], prompts: Sequence[str], methods: Sequence[EvalMethod]) -> None:
-    """Rows already in ``output_dir`` must belong to this evaluation (same prompt texts, same method settings)."""
+    """Rows already in ``output_dir`` must belong to this evaluation (same prompt texts, same method settings:
+    ``rmod`` and ``policy``; a row without ``policy``, written before it was recorded, has ``policy=None``)."""
     configs = {m.name: jsonable(m.rmod) for m in methods}
+    policies = {m.name: jsonable(m.policy) for m in methods}
     for row in rows:
         pid = row.get("prompt_id")
         if not isinstance(pid, int) or "method" not in row:
@@ -109,6 +116,11 @@ def check_existing_rows(rows: list[dict], prompts: Sequence[str], methods: Seque
             raise ValueError(
                 f"The existing results of method {name!r} were generated with rmod={row.get('rmod')} but the method "
                 f"now has rmod={configs[name]}. Rename the method or use a new `output_dir`."
+            )
+        if name in policies and row.get("policy") != policies[name]:
+            raise ValueError(
+                f"The existing results of method {name!r} were generated with policy={row.get('policy')} but the "
+                f"method now has policy={policies[name]}. Rename the method or use a new `output_dir`."
             )
 
 
@@ -141,8 +153,6 @@ def describe_value_head(value_head: Any, value_tokenizer: Any = None, value_mode
     tensor of its state dict (names, dtypes, shapes and bytes, in name order), so two heads with the same weights
     match wherever they live; ``value_tokenizer`` is the sha256 of the re-tokenising tokenizer (or ``None``);
     ``value_model`` describes a value model that scores instead of the head (its repr, or ``None``)."""
-    import torch
-
     from ..configuration_value_head import tokenizer_fingerprint
 
     digest = hashlib.sha256()
@@ -154,14 +164,35 @@ def describe_value_head(value_head: Any, value_tokenizer: Any = None, value_mode
         digest.update(json.dumps([describe_rewards(fns), value_head.normalization]).encode())
         modules = [(f"{key}.", fn.head) for key, fn in items if hasattr(getattr(fn, "head", None), "state_dict")]
     for prefix, module in modules:
-        for name, tensor in sorted(module.state_dict().items()):
-            tensor = tensor.detach().to("cpu").contiguous()
-            digest.update(f"{prefix}{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        _hash_state_dict(digest, module, prefix)
     path = getattr(modules[0][1] if modules else value_head, "name_or_path", None)
     tok = None if value_tokenizer is None else tokenizer_fingerprint(value_tokenizer)["sha256"]
     return {"objectives": list(value_head.objectives), "sha256": digest.hexdigest(), "name_or_path": path or None,
             "value_tokenizer": tok, "value_model": _describe_value_model(value_model)}
+
+
+def _hash_state_dict(digest: Any, module: Any, prefix: str = "") -> None:
+    """Feed every tensor of ``module.state_dict()`` (name, dtype, shape, bytes; in name order) to ``digest``."""
+    import torch
+
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{prefix}{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+def weights_sha256(model: Any) -> str:
+    """sha256 of a model's state dict (names, dtypes, shapes and bytes, in name order): equal for equal weights,
+    wherever they live (device) and however they were loaded."""
+    digest = hashlib.sha256()
+    _hash_state_dict(digest, model)
+    return digest.hexdigest()
+
+
+def describe_model(model: Any) -> dict:
+    """``{"name_or_path", "sha256"}`` of a policy, as run.json records the policies of the RS / MOD / policy
+    methods (:func:`describe_policy` for the name, :func:`weights_sha256` for the weights)."""
+    return {"name_or_path": describe_policy(model), "sha256": weights_sha256(model)}
 
 
 def _describe_value_model(value_model: Any) -> dict | None:
@@ -209,12 +240,17 @@ def _declared(fn: Any) -> list[str] | None:
 
 
 def run_settings(*, config: Any, generation_kwargs: Mapping, world: int, policy: str, value_head: dict,
-                 rewards: list[dict]) -> dict:
-    """The content of run.json for an :class:`~hf_rmod.experiments.configs.EvaluationConfig` run."""
+                 rewards: list[dict], objective_policies: Mapping | None = None,
+                 policies: Mapping | None = None) -> dict:
+    """The content of run.json for an :class:`~hf_rmod.experiments.configs.EvaluationConfig` run.
+
+    ``objective_policies`` / ``policies``: ``{name: describe_model(policy)}`` of the per-objective policies and
+    the other policies that this run's methods sample from (RS, MOD, ``EvalMethod.policy``)."""
     return {
         "max_new_tokens": config.max_new_tokens, "generation_kwargs": dict(generation_kwargs),
         "chat_template": config.chat_template, "seed": config.seed, "batch_size": config.batch_size,
         "num_processes": world, "policy": policy, "value_head": value_head, "rewards": rewards,
+        "objective_policies": dict(objective_policies or {}), "policies": dict(policies or {}),
     }
 
 
@@ -244,11 +280,41 @@ def check_run_settings(output_dir: Path, settings: Mapping) -> None:
         old, new = _lookup(previous, key), _lookup(settings, key)
         if old is not _MISSING and jsonable(old) != jsonable(new):
             changed.append(f"{key}: {_short(old)} -> {_short(new)}")
+    changed += _changed_policies(previous, settings)
     if changed:
         raise ValueError(
             f"{output_dir} holds results generated with other settings ({'; '.join(changed)}); resuming would mix "
             "them. Use a new output folder (--output-dir / output_dir=) or rerun with the same settings."
         )
+
+
+def _changed_policies(previous: Mapping, settings: Mapping) -> list[str]:
+    """``objective_policies[name]`` / ``policies[name]`` recorded by both runs must be equal: a policy used before
+    must be the same now; one only the new run uses (a method added to the folder) is not compared."""
+    changed = []
+    for group in _POLICY_GROUPS:
+        old, new = previous.get(group), settings.get(group)
+        if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+            continue
+        for name in old:
+            if name in new and jsonable(old[name]) != jsonable(new[name]):
+                changed.append(f"{group}[{name!r}]: {_short(old[name])} -> {_short(new[name])}")
+    return changed
+
+
+def keep_recorded_policies(output_dir: Path, settings: Mapping) -> dict:
+    """``settings`` plus the policies that ``output_dir``'s run.json records and this run does not use, so that a
+    later run using them again is still checked against the policies its rows were generated with."""
+    path = output_dir / RUN_FILE
+    merged = dict(settings)
+    if not path.exists():
+        return merged
+    previous = json.loads(path.read_text(encoding="utf-8"))
+    for group in _POLICY_GROUPS:
+        old = previous.get(group)
+        if isinstance(old, Mapping):
+            merged[group] = {**old, **(settings.get(group) or {})}
+    return merged
 
 
 def _short(value: Any) -> str:

@@ -101,7 +101,7 @@ def _method_stats(rows: dict[int, dict], common: list[int], objectives: list[str
     first = rows[common[0]]
     has_reference = reference_z is not None
     return {
-        "kind": method_kind(first.get("rmod")),
+        "kind": method_kind(first.get("rmod"), first.get("policy")),
         "rmod": first.get("rmod"),
         "n_prompts": len(common),
         "mean_rewards": stats.mean_rewards,
