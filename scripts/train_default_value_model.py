@@ -210,7 +210,8 @@ def _card(model, report, args) -> str:
             accs = " | ".join(f"{m['pairwise_accuracy'][s][g]:.3f}" for s in range(len(positions)))
             mse = sum(m["mse_z"][s][g] for s in range(len(positions))) / len(positions)
             lines.append(f"| {name} | {objective} | {accs} | {mse:.3f} |")
-    lines += ["", f"Between-prompt share of the held-out reward variance: {report['val']['between_prompt_share']}.",
+    shares = ", ".join(f"{g} {v:.3f}" for g, v in zip(report["objectives"], report["val"]["between_prompt_share"]))
+    lines += ["", f"Between-prompt share of the held-out reward variance: {shares}.",
               "", "Made with `scripts/train_default_value_model.py`."]
     return "\n".join(lines) + "\n"
 
