@@ -303,32 +303,15 @@ class RewardValueModel:
         if isinstance(spec, RewardValueModel):
             if spec.normalization is None:
                 raise ValueError("`normalization` is a RewardValueModel without normalization; pass (mean, std).")
-            names = spec.objectives
-            mean, std = spec.normalization
-            if names != self._objectives:
-                if not set(self._objectives) <= set(names):
-                    raise ValueError(
-                        f"`normalization` comes from a value model with objectives {names}, but this value model has "
-                        f"{self._objectives}."
-                    )
-                mean = [mean[names.index(o)] for o in self._objectives]
-                std = [std[names.index(o)] for o in self._objectives]
+            mean, std = self._select(spec.objectives, *spec.normalization, "a value model")
         elif config is not None and hasattr(config, "reward_mean"):
             if config.reward_mean is None or getattr(config, "reward_std", None) is None:
                 raise ValueError(
                     f"`normalization` {type(spec).__name__} has no reward_mean/reward_std (a reward model, not a value "
                     "model); pass normalization=(mean, std) or None."
                 )
-            names = list(getattr(config, "objectives", None) or [])
-            mean, std = list(config.reward_mean), list(config.reward_std)
-            if names and names != self._objectives:
-                if not set(self._objectives) <= set(names):
-                    raise ValueError(
-                        f"`normalization` comes from a head with objectives {names}, but this value model has "
-                        f"{self._objectives}."
-                    )
-                mean = [mean[names.index(o)] for o in self._objectives]
-                std = [std[names.index(o)] for o in self._objectives]
+            names = list(getattr(config, "objectives", None) or []) or self._objectives
+            mean, std = self._select(names, list(config.reward_mean), list(config.reward_std), "a head")
         elif isinstance(spec, (tuple, list)) and len(spec) == 2:
             mean, std = spec
         else:
@@ -353,6 +336,17 @@ class RewardValueModel:
                 f"`normalization` must have finite means and finite stds > 0, got {mean.tolist()}, {std.tolist()}."
             )
         return mean, std
+
+    def _select(self, names: list[str], mean: list, std: list, source: str) -> tuple[list, list]:
+        """The statistics of this model's objectives from those of ``names`` (a superset)."""
+        if list(names) == self._objectives:
+            return mean, std
+        if not set(self._objectives) <= set(names):
+            raise ValueError(
+                f"`normalization` comes from {source} with objectives {list(names)}, but this value model has "
+                f"{self._objectives}."
+            )
+        return [mean[names.index(o)] for o in self._objectives], [std[names.index(o)] for o in self._objectives]
 
     @staticmethod
     def _check_tokenizer(policy: Any, tokenizer: Any) -> None:

@@ -29,12 +29,7 @@ PROMPTS = ["w5 w6", "w7 w8 w9", "w10", "w11 w12"]
 SMALL = dict(num_candidates=3, block_size=4, max_new_tokens=8, generation_batch_size=2, show_progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -33,12 +33,7 @@ FAST = dict(max_new_tokens=6, batch_size=1, seed=0, show_progress=False, n_resam
 SFT = dict(epochs=2, lr=1e-2, batch_size=2, show_progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _record(prompt_ids, response_ids, low, even, prompt):
