@@ -179,6 +179,17 @@ def fixed_length_kwargs(T: int) -> dict:
     return dict(max_new_tokens=T, min_new_tokens=T, eos_token_id=None, **SAMPLING)
 
 
+def plain_sampling_kwargs(T: int, model) -> dict:
+    """`fixed_length_kwargs` for the plain-sampling side of a comparison with RMOD: on the CPU RMOD's loop takes
+    top-p from a partial sort (hf_rmod.logits_process), so plain sampling gets the same processor there
+    (`hf_rmod.experiments.sampling`'s rewrite, the one `hf-rmod sample` uses) and the ratio measures RMOD's own
+    work, not a faster top-p. The `top_p` section measures that difference itself."""
+    from hf_rmod.experiments.sampling import _partial_sort_top_p
+
+    kw = fixed_length_kwargs(T)
+    return _partial_sort_top_p(kw) if next(model.parameters()).device.type == "cpu" else kw
+
+
 def rmod_config(head, K: int, B: int, weights: str = "robust"):
     from hf_rmod import RMODConfig
 

@@ -25,6 +25,7 @@ from .common import (
     alternate,
     fixed_length_kwargs,
     own_backbone_head,
+    plain_sampling_kwargs,
     rmod_config,
     seeded,
     shared_trunk_head,
@@ -115,7 +116,7 @@ def _rmod_fn(ctx: Context, s: Setting, head=None, weights: str = "robust", strea
 def _sampling_fn(ctx: Context, s: Setting, T: int | None = None):
     model = ctx.setup.model
     ids, mask = _prompts(ctx, s)
-    kw = fixed_length_kwargs(s.T if T is None else T)
+    kw = plain_sampling_kwargs(s.T if T is None else T, model)
 
     def run():
         return model.generate(ids, attention_mask=mask, num_return_sequences=s.K, **kw)
@@ -394,10 +395,10 @@ def _memory_child(spec: dict) -> dict:
     cfg = rmod_config(head, spec["K"], spec["B"])
 
     def run(T: int):
-        kw = fixed_length_kwargs(T)
         if spec["variant"] == "rmod":
-            return model.generate(ids, attention_mask=mask, rmod_config=cfg, **kw)
-        return model.generate(ids, attention_mask=mask, num_return_sequences=spec["K"], **kw)
+            return model.generate(ids, attention_mask=mask, rmod_config=cfg, **fixed_length_kwargs(T))
+        return model.generate(ids, attention_mask=mask, num_return_sequences=spec["K"],
+                              **plain_sampling_kwargs(T, model))
 
     with torch.no_grad():
         run(1)  # one-token warm-up: lazy imports and first-call setup, not counted
@@ -449,7 +450,8 @@ def compiled(ctx: Context) -> list[Row]:
         return model.generate(ids, attention_mask=mask, rmod_config=cfg, **static, **fixed_length_kwargs(T))
 
     def gen_compiled(T=s.T):
-        return model.generate(ids, attention_mask=mask, num_return_sequences=s.K, **static, **fixed_length_kwargs(T))
+        return model.generate(ids, attention_mask=mask, num_return_sequences=s.K, **static,
+                              **plain_sampling_kwargs(T, model))
 
     def rmod_eager(T=s.T):
         return model.generate(ids, attention_mask=mask, rmod_config=cfg, **fixed_length_kwargs(T))
@@ -478,12 +480,34 @@ def compiled(ctx: Context) -> list[Row]:
     return rows
 
 
+def top_p(ctx: Context) -> list[Row]:
+    """Plain sampling with top-p 0.9 (temperature 0.7): the partial-sort top-p the sampler uses
+    (hf_rmod.logits_process, via hf_rmod.experiments.sampling) vs transformers' TopPLogitsWarper (full sort)."""
+    from hf_rmod.experiments.sampling import _partial_sort_top_p
+
+    model = ctx.setup.model
+    s = _default(ctx.quick, Setting(8, 16, 64, 4))
+    ids, mask = _prompts(ctx, s)
+    base = {**fixed_length_kwargs(s.T), "do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0,
+            "num_return_sequences": s.K}
+    fast = _partial_sort_top_p(base)
+
+    def run(kw):
+        return seeded(lambda: model.generate(ids, attention_mask=mask, **kw))
+
+    ctx.log(f"  top_p {s} (rows = batch * K = {s.batch * s.K})")
+    res = alternate(run(fast), run(base), ctx.reps, log=ctx.log,
+                    check=_token_check(ctx, s, {"A": s.batch * s.K, "B": s.batch * s.K}))
+    return [_row("top_p", s, "partial-sort top-p", "transformers top-p", res, "< 1.0")]
+
+
 # Run order: the cheap sections first, the naive baseline (by far the slowest) last.
 SECTIONS: dict[str, Callable[[Context], list[Row]]] = {
     "vs_sampling": vs_sampling,
     "vs_uniform": vs_uniform,
     "latency": latency,
     "solver": solver,
+    "top_p": top_p,
     "compiled": compiled,
     "own_backbone": own_backbone,
     "memory": memory,

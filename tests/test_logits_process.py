@@ -67,5 +67,15 @@ def test_sampler_kwargs_sample_what_plain_generate_samples():
     torch.manual_seed(1)
     got = model.generate(ids, attention_mask=torch.ones_like(ids), eos_token_id=None, **kwargs)
     assert torch.equal(got, expected)
-    other = _generate_kwargs(Tok(), SamplingConfig(generation_kwargs={"repetition_penalty": 1.2}))
-    assert "logits_processor" not in other  # anything else: generate's own processors
+    other = _generate_kwargs(Tok(), SamplingConfig(generation_kwargs={"min_p": 0.1}))
+    assert "logits_processor" not in other  # another warper: generate's own processors
+    # a non-warper processor (repetition penalty) runs before the warpers either way: still token for token
+    penalised = _generate_kwargs(Tok(), SamplingConfig(num_responses=4, max_new_tokens=12,
+                                                       generation_kwargs={"repetition_penalty": 1.3}))
+    assert "logits_processor" in penalised
+    torch.manual_seed(2)
+    expected = model.generate(ids, attention_mask=torch.ones_like(ids), eos_token_id=None,
+                              **{**plain, "temperature": 0.7, "repetition_penalty": 1.3})
+    torch.manual_seed(2)
+    got = model.generate(ids, attention_mask=torch.ones_like(ids), eos_token_id=None, **penalised)
+    assert torch.equal(got, expected)

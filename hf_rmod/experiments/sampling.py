@@ -118,14 +118,19 @@ def _generate_kwargs(tokenizer: Any, config: SamplingConfig) -> dict[str, Any]:
     return _partial_sort_top_p(kwargs)
 
 
+#: generate() arguments that add a warper or custom processors: with any of them the sampler keeps generate's own.
+_OTHER_WARPERS = {"top_h", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "logits_processor"}
+
+
 def _partial_sort_top_p(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Plain temperature + top-p sampling (the default) with top-p from a partial sort
-    (:class:`~hf_rmod.logits_process.PartialSortTopPLogitsWarper`): the same processors in the same order
-    (``generate`` runs its own warpers after custom ones, so both move into ``logits_processor``). Any other
-    processing argument keeps ``generate``'s own processors."""
+    """Temperature + top-p sampling (the default) with top-p from a partial sort
+    (:class:`~hf_rmod.logits_process.PartialSortTopPLogitsWarper`): the same processors in the same order.
+    ``generate`` runs custom processors after its own non-warper processors (repetition penalty, min new tokens,
+    ...) and before its warpers, so temperature and top-p both move into ``logits_processor`` (``generate`` then
+    adds no warper). Another warper argument (``min_p``, ``typical_p``, ...) or a ``logits_processor`` keeps
+    ``generate``'s own processors."""
     top_p = kwargs.get("top_p")
-    plain = {"do_sample", "temperature", "top_p", "top_k", "num_return_sequences", "max_new_tokens", "pad_token_id"}
-    if not kwargs.get("do_sample") or top_p is None or float(top_p) >= 1.0 or set(kwargs) - plain:
+    if not kwargs.get("do_sample") or top_p is None or float(top_p) >= 1.0 or set(kwargs) & _OTHER_WARPERS:
         return kwargs
     if kwargs.get("top_k") not in (0, None) or "top_k" not in kwargs:
         return kwargs  # transformers 5 applies top_k=50 before top-p unless top_k=0
