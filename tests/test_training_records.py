@@ -53,7 +53,15 @@ def test_sampling_uses_the_one_sampling_default(policy_and_tokenizer, monkeypatc
 
     monkeypatch.setattr(policy, "generate", spy)
     sample_responses(policy, tokenizer, make_prompts(1), [brevity], **SMALL)
-    assert {k: seen[k] for k in DEFAULT_SAMPLING} == dict(DEFAULT_SAMPLING)
+    # DEFAULT_SAMPLING, with temperature and top-p moved into logits_processor (top-p from a partial sort)
+    from transformers import TemperatureLogitsWarper
+
+    from hf_rmod.logits_process import PartialSortTopPLogitsWarper
+
+    assert seen["do_sample"] is True and seen["top_k"] == 0 and (seen["temperature"], seen["top_p"]) == (1.0, 1.0)
+    temperature, top_p = seen["logits_processor"]
+    assert isinstance(temperature, TemperatureLogitsWarper) and isinstance(top_p, PartialSortTopPLogitsWarper)
+    assert (temperature.temperature, top_p.top_p) == (DEFAULT_SAMPLING["temperature"], DEFAULT_SAMPLING["top_p"])
     assert seen["num_return_sequences"] == 2 and seen["max_new_tokens"] == 4
     sample_responses(policy, tokenizer, make_prompts(1), [brevity], SamplingConfig(generation_kwargs='{"top_p": 1.0}'),
                      show_progress=False, chat_template=False)
