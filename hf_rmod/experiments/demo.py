@@ -69,8 +69,8 @@ def _report(prompts, objectives, results) -> None:
                 blocks = int(trace.block_mask[i].sum())
                 rows = [" ".join(f"{w:.2f}" for w in trace.weights[i, n].tolist()) for n in range(blocks)]
                 print(f"  weight trace per block ({'/'.join(trace.objectives)}): " + " | ".join(rows))
-    print("\n" + "=" * 100 + "\nSummary over the prompts (z = reward standardised with the value head's "
-          "training statistics of the reference policy):")
+    print("\n" + "=" * 100 + "\nSummary over the prompts (z = reward standardised with the value model's "
+          "statistics of reference-policy responses):")
     print(f"{'method':<18}" + "".join(f"{g + ' z':>14}" for g in objectives) + f"{'worst-case z':>15}{'seconds':>10}")
     for name, (_, _, z, _, seconds) in results.items():
         cols = "".join(f"{v:>14.3f}" for v in z.mean(0).tolist())
