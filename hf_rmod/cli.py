@@ -587,15 +587,13 @@ def _run_evaluate(policy: PolicyArguments, args: EvaluationArguments, config: Ev
     device = _setup_torch(policy)
     if accelerator is not None:
         device = accelerator.device
-    head = _load_value_head(args.value_head, device)  # a text value model gets the policy's tokenizer below
+    head = _load_value_head(args.value_head, device)  # a text value model decodes with the policy's tokenizer
     methods = _evaluation_methods(args, head.objectives)
     if rewards is None:
         from .rewards import default_reward_functions
 
         rewards = default_reward_functions(device)
     model, tokenizer = _load_policy(policy, device)
-    if getattr(head, "reward_fns", None) is not None and head.tokenizer is None:  # a RewardValueModel
-        head.tokenizer = tokenizer
     objective_policies, policies = _load_baseline_policies(args, methods, policy, device, tokenizer)
     from .experiments.evaluation import evaluate
 

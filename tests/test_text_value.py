@@ -235,7 +235,8 @@ def test_evaluation_accepts_a_normalised_value_model(tmp_path):
     from hf_rmod.experiments.methods import EvalMethod
 
     tok = word_tokenizer()
-    value_model = RewardValueModel.from_pretrained(_saved(tmp_path), tok, encoder=WordEncoder())
+    # no tokenizer of its own: evaluate() gives it the policy's (RMODConfig(tokenizer=...))
+    value_model = RewardValueModel.from_pretrained(_saved(tmp_path), encoder=WordEncoder())
     model = tiny_causal_lm("llama")
     from test_reward_values import even_fraction, low_fraction
 

@@ -291,8 +291,12 @@ def _prepare(model, tokenizer, value_head, reward_fns, prompts, methods, config:
     if not_callable:
         raise TypeError(f"Reward function {not_callable[0]!r} is not callable; pass fn(prompts, responses) -> Tensor.")
     sampling = _sampling_kwargs(config, tokenizer, model)
-    tokenizers = {"value_tokenizer": value_tokenizer, "tokenizer": tokenizer} if value_tokenizer is not None else {}
     scorer_model = value_head if value_model is None else value_model
+    tokenizers = {}
+    if value_tokenizer is not None:
+        tokenizers = {"value_tokenizer": value_tokenizer, "tokenizer": tokenizer}
+    elif isinstance(scorer_model, RewardValueModel):  # decodes the policy's ids (when it was built without a tokenizer)
+        tokenizers = {"tokenizer": tokenizer}
     rmod_configs = _rmod_configs(methods, scorer_model, config.max_new_tokens, tokenizers)
     if any(cfg is not None for cfg in rmod_configs.values()):
         if value_tokenizer is None and isinstance(scorer_model, MultiValueHead):  # text readers skip the ids check

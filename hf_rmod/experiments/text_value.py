@@ -146,13 +146,16 @@ def reward_init_weights(reward_heads: Sequence[Any | None], feature_mode: str, e
     return torch.stack(rows)  # (G, F)
 
 
+def _flat_pairs(data: PrefixEmbeddings) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(n * S, d)`` prompt and prefix embeddings, one row per (record, position)."""
+    n, S, d = data.prefix_embeds.shape
+    return data.prompt_embeds[:, None, :].expand(n, S, d).reshape(n * S, d), data.prefix_embeds.reshape(n * S, d)
+
+
 def _features(data: PrefixEmbeddings, feature_mode: str) -> torch.Tensor:
     from ..rewards import build_minilm_features
 
-    n, S, d = data.prefix_embeds.shape
-    p = data.prompt_embeds[:, None, :].expand(n, S, d).reshape(n * S, d)
-    r = data.prefix_embeds.reshape(n * S, d)
-    return build_minilm_features(p, r, feature_mode).double()  # (n * S, F)
+    return build_minilm_features(*_flat_pairs(data), feature_mode).double()  # (n * S, F)
 
 
 def _group_means(x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -225,8 +228,8 @@ def fit_minilm_value_model(
 
 def predict(model: Any, data: PrefixEmbeddings) -> torch.Tensor:
     """``(n, S, G)`` values of a MiniLM head on every prefix of ``data`` (reward units)."""
-    n, S, d = data.prefix_embeds.shape
-    p = data.prompt_embeds[:, None, :].expand(n, S, d).reshape(n * S, d)
+    n, S, _ = data.prefix_embeds.shape
+    p, r = _flat_pairs(data)
     with torch.no_grad():
-        out = model(p.float(), data.prefix_embeds.reshape(n * S, d).float())
+        out = model(p.float(), r.float())
     return out.reshape(n, S, -1).double()
