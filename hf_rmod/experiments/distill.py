@@ -430,6 +430,7 @@ def fine_tune(model: Any, tokenizer: Any, records: Sequence[Mapping[str, Any]], 
     Returns:
         ``(result, optimizer steps, whether this is the main process)``; write a model card on the main process.
     """
+    _drop_gguf_marker(model)
     examples = _examples(model, tokenizer, list(records), config.max_length)
     args = _training_arguments(config, output_dir, model, show_progress)
     from transformers import PrinterCallback, Trainer
@@ -449,6 +450,25 @@ def fine_tune(model: Any, tokenizer: Any, records: Sequence[Mapping[str, Any]], 
     )
     trainer.save_model(str(output_dir))  # the policy (safetensors) and the tokenizer; main process only
     return result, trainer.state.global_step, trainer.is_world_process_zero()
+
+
+def _drop_gguf_marker(model: Any) -> None:
+    """Make a GGUF-loaded policy an ordinary float model before training it.
+
+    transformers de-quantises GGUF weights into float parameters at load time but keeps a ``GgufHfQuantizer`` on
+    the model (``model.is_quantized`` is True), so ``Trainer`` refuses it ("cannot perform fine-tuning on purely
+    quantized models") and ``save_pretrained`` would record a GGUF quantization config that the saved float
+    weights do not have. Every parameter is already a float tensor, so the marker is dropped with the quantizer's
+    own ``remove_quantization_config``. Other quantizers (bitsandbytes, ...) are left alone: their weights are
+    really quantised and ``Trainer`` rightly asks for adapters.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is None or str(getattr(method, "value", method)) != "gguf":
+        return
+    quantizer.remove_quantization_config(model)
+    if getattr(model.config, "_is_quantized", False):
+        model.config._is_quantized = False
 
 
 def _load_sft_records(records: Any) -> tuple[list[dict], str | None, dict | None]:
