@@ -370,7 +370,8 @@ def test_device_mapped_policy_with_heads_on_either_side():
     model = tiny_causal_lm("llama")
     device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
                   "model.layers.1": 0, "model.norm": 0, "lm_head": 0}
-    model = hf_rmod.enable(dispatch_model(model, device_map=device_map))
+    # main_device="cpu": the cpu-mapped modules run on the CPU (accelerate otherwise offloads them to the GPU)
+    model = hf_rmod.enable(dispatch_model(model, device_map=device_map, main_device="cpu"))
     assert model.device.type == "cpu" and model.lm_head.weight.device.type == "cuda"
     ids, mask = prompts(batch=2, length=5, seed=37, ragged=True)
     kw = dict(attention_mask=mask, max_new_tokens=8, do_sample=True, top_k=1, eos_token_id=None, pad_token_id=PAD)
