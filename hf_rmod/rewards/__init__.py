@@ -17,7 +17,11 @@ callable with that signature works. The package holds
     ``hf_rmod/assets/harmless-minilm-bt``;
   * ``helpful``: :class:`MiniLMRelevanceReward`, prompt–response cosine similarity;
 - ``profanity``: ``non_offensive`` (optional): :class:`ProfanityReward`, ``1 - P(offensive)`` from
-  ``alt-profanity-check``.
+  ``alt-profanity-check``;
+- ``task_objectives``: the TruthfulQA task (G = 5: harmless, helpful, truthful, non_offensive, concise):
+  :class:`TruthfulReward` (response vs reference answer), :class:`ConciseReward` (``-log(1 + words)``),
+  :func:`truthfulqa_reward_functions` (the five as a list) and :class:`TruthfulQATaskReward` (the five as one
+  ``(n, 5)`` reward, ``--reward hf_rmod.rewards:TruthfulQATaskReward``).
 
 :func:`default_reward_functions` returns ``[harmless, helpful]`` sharing one encoder. Every name is
 importable from ``hf_rmod.rewards``.
@@ -43,8 +47,17 @@ from .minilm import (  # noqa: F401  (FEATURE_MODES, build_minilm_features: publ
     get_minilm_encoder,
 )
 from .profanity import ProfanityReward
+from .task_objectives import (
+    TRUTHFULQA_OBJECTIVES,
+    ConciseReward,
+    TruthfulQATaskReward,
+    TruthfulReward,
+    load_truthfulqa_references,
+    truthfulqa_reward_functions,
+)
 
 __all__ = [
+    "ConciseReward",
     "DEFAULT_HARMLESS_HEAD_DIR",
     "HFRewardModel",
     "MiniLMEncoder",
@@ -55,10 +68,15 @@ __all__ = [
     "MiniLMRewardModel",
     "ProfanityReward",
     "RewardFunction",
+    "TRUTHFULQA_OBJECTIVES",
+    "TruthfulQATaskReward",
+    "TruthfulReward",
     "default_reward_functions",
     "get_minilm_encoder",
     "load_reward_functions",
+    "load_truthfulqa_references",
     "score_rewards",
+    "truthfulqa_reward_functions",
 ]
 
 
