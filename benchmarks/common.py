@@ -184,10 +184,10 @@ def plain_sampling_kwargs(T: int, model) -> dict:
     top-p from a partial sort (hf_rmod.logits_process), so plain sampling gets the same processor there
     (`hf_rmod.experiments.sampling`'s rewrite, the one `hf-rmod sample` uses) and the ratio measures RMOD's own
     work, not a faster top-p. The `top_p` section measures that difference itself."""
-    from hf_rmod.experiments.sampling import _partial_sort_top_p
+    from hf_rmod.logits_process import partial_sort_top_p_kwargs
 
     kw = fixed_length_kwargs(T)
-    return _partial_sort_top_p(kw) if next(model.parameters()).device.type == "cpu" else kw
+    return partial_sort_top_p_kwargs(kw) if next(model.parameters()).device.type == "cpu" else kw
 
 
 def rmod_config(head, K: int, B: int, weights: str = "robust"):

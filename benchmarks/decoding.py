@@ -483,14 +483,14 @@ def compiled(ctx: Context) -> list[Row]:
 def top_p(ctx: Context) -> list[Row]:
     """Plain sampling with top-p 0.9 (temperature 0.7): the partial-sort top-p the sampler uses
     (hf_rmod.logits_process, via hf_rmod.experiments.sampling) vs transformers' TopPLogitsWarper (full sort)."""
-    from hf_rmod.experiments.sampling import _partial_sort_top_p
+    from hf_rmod.logits_process import partial_sort_top_p_kwargs
 
     model = ctx.setup.model
     s = _default(ctx.quick, Setting(8, 16, 64, 4))
     ids, mask = _prompts(ctx, s)
     base = {**fixed_length_kwargs(s.T), "do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0,
             "num_return_sequences": s.K}
-    fast = _partial_sort_top_p(base)
+    fast = partial_sort_top_p_kwargs(base)
 
     def run(kw):
         return seeded(lambda: model.generate(ids, attention_mask=mask, **kw))

@@ -5,15 +5,17 @@ transformers' ``TopPLogitsWarper`` sorts every row's full vocabulary at every st
 179 ms of a 646 ms step). :class:`PartialSortTopPLogitsWarper` keeps the same tokens from a ``topk`` of the row
 (linear time): when the ``k`` largest probabilities already reach ``top_p`` the nucleus lies among them; rows where
 they do not (flat distributions) fall back to the full sort. :func:`swap_top_p` replaces the warper in a processor
-list that ``generate`` built.
+list that ``generate`` built; :func:`partial_sort_top_p_kwargs` rewrites ``generate`` arguments to use it.
 """
 
 from __future__ import annotations
 
-import torch
-from transformers import LogitsProcessor, LogitsProcessorList, TopPLogitsWarper
+from typing import Any
 
-__all__ = ["PartialSortTopPLogitsWarper", "swap_top_p"]
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+__all__ = ["PartialSortTopPLogitsWarper", "partial_sort_top_p_kwargs", "swap_top_p"]
 
 
 class PartialSortTopPLogitsWarper(LogitsProcessor):
@@ -83,3 +85,45 @@ def swap_top_p(processors: LogitsProcessorList, k: int = 256) -> LogitsProcessor
                                                min_tokens_to_keep=proc.min_tokens_to_keep)
         out.append(proc)
     return out
+
+
+#: generate() arguments that add a warper or custom processors: with any of them generate keeps its own.
+_OTHER_WARPERS = {"top_h", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "logits_processor"}
+
+
+def partial_sort_top_p_kwargs(generate_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``generate`` arguments that sample with the same temperature and top-p, top-p from a partial sort.
+
+    ``generate`` runs custom processors after its own non-warper processors (repetition penalty, min new tokens,
+    ...) and before its warpers, so temperature and top-p both move into ``logits_processor`` (a
+    :class:`~transformers.TemperatureLogitsWarper` then a :class:`PartialSortTopPLogitsWarper`, the order
+    ``generate`` uses) and ``generate`` adds no warper. Arguments are returned unchanged (the same dict) when
+    they do not sample, have no top-p below 1, keep transformers 5's default ``top_k=50`` (``top_k`` absent or
+    non-zero: it runs before top-p), or set another warper (``min_p``, ``typical_p``, ...) or a
+    ``logits_processor``. The input dict is never modified.
+
+    Args:
+        generate_kwargs: keyword arguments of ``model.generate``.
+
+    Returns:
+        ``generate_kwargs`` or a new dict with ``temperature=1.0``, ``top_p=1.0`` and the two processors.
+
+    Example:
+
+    >>> from hf_rmod.logits_process import partial_sort_top_p_kwargs
+    >>> kw = partial_sort_top_p_kwargs({"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0})
+    >>> [type(p).__name__ for p in kw["logits_processor"]], kw["top_p"]
+    (['TemperatureLogitsWarper', 'PartialSortTopPLogitsWarper'], 1.0)
+    """
+    kwargs = generate_kwargs
+    top_p = kwargs.get("top_p")
+    if not kwargs.get("do_sample") or top_p is None or float(top_p) >= 1.0 or set(kwargs) & _OTHER_WARPERS:
+        return kwargs
+    if kwargs.get("top_k") not in (0, None) or "top_k" not in kwargs:
+        return kwargs  # transformers 5 applies top_k=50 before top-p unless top_k=0
+    processors = LogitsProcessorList()
+    temperature = kwargs.get("temperature")
+    if temperature is not None and float(temperature) != 1.0:
+        processors.append(TemperatureLogitsWarper(float(temperature)))
+    processors.append(PartialSortTopPLogitsWarper(float(top_p)))
+    return {**kwargs, "temperature": 1.0, "top_p": 1.0, "logits_processor": processors}

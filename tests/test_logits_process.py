@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from hf_rmod.logits_process import PartialSortTopPLogitsWarper, swap_top_p
+from hf_rmod.logits_process import PartialSortTopPLogitsWarper, partial_sort_top_p_kwargs, swap_top_p
 from tiny_models import tiny_causal_lm
 
 
@@ -79,3 +79,23 @@ def test_sampler_kwargs_sample_what_plain_generate_samples():
     torch.manual_seed(2)
     got = model.generate(ids, attention_mask=torch.ones_like(ids), eos_token_id=None, **penalised)
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"do_sample": False, "top_p": 0.9, "top_k": 0},  # greedy: no warper
+    {"do_sample": True, "top_p": 1.0, "top_k": 0},  # no nucleus
+    {"do_sample": True, "top_p": 0.9},  # top_k absent: transformers' top_k=50 runs first
+    {"do_sample": True, "top_p": 0.9, "top_k": 20},
+    {"do_sample": True, "top_p": 0.9, "top_k": 0, "min_p": 0.1},  # another warper
+])
+def test_partial_sort_kwargs_leave_other_settings_to_generate(kwargs):
+    assert partial_sort_top_p_kwargs(kwargs) is kwargs
+
+
+def test_partial_sort_kwargs_move_temperature_and_top_p_into_processors_without_mutating():
+    kwargs = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0, "max_new_tokens": 3}
+    before = dict(kwargs)
+    out = partial_sort_top_p_kwargs(kwargs)
+    assert kwargs == before and out["temperature"] == 1.0 and out["top_p"] == 1.0 and out["max_new_tokens"] == 3
+    temp, top_p = out["logits_processor"]
+    assert temp.temperature == 0.7 and isinstance(top_p, PartialSortTopPLogitsWarper) and top_p.top_p == 0.9

@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .._utils import check_unique_names, module_device
+from ..logits_process import partial_sort_top_p_kwargs
 from . import io
 from .configs import SamplingConfig, merge_config
 from .records import read_settings, settings_path
@@ -115,35 +116,7 @@ def _generate_kwargs(tokenizer: Any, config: SamplingConfig) -> dict[str, Any]:
     kwargs = {**config.sampling, "num_return_sequences": config.num_responses, "max_new_tokens": config.max_new_tokens}
     if tokenizer.pad_token_id is not None:
         kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
-    return _partial_sort_top_p(kwargs)
-
-
-#: generate() arguments that add a warper or custom processors: with any of them the sampler keeps generate's own.
-_OTHER_WARPERS = {"top_h", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "logits_processor"}
-
-
-def _partial_sort_top_p(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Temperature + top-p sampling (the default) with top-p from a partial sort
-    (:class:`~hf_rmod.logits_process.PartialSortTopPLogitsWarper`): the same processors in the same order.
-    ``generate`` runs custom processors after its own non-warper processors (repetition penalty, min new tokens,
-    ...) and before its warpers, so temperature and top-p both move into ``logits_processor`` (``generate`` then
-    adds no warper). Another warper argument (``min_p``, ``typical_p``, ...) or a ``logits_processor`` keeps
-    ``generate``'s own processors."""
-    top_p = kwargs.get("top_p")
-    if not kwargs.get("do_sample") or top_p is None or float(top_p) >= 1.0 or set(kwargs) & _OTHER_WARPERS:
-        return kwargs
-    if kwargs.get("top_k") not in (0, None) or "top_k" not in kwargs:
-        return kwargs  # transformers 5 applies top_k=50 before top-p unless top_k=0
-    from transformers import LogitsProcessorList, TemperatureLogitsWarper
-
-    from ..logits_process import PartialSortTopPLogitsWarper
-
-    processors = LogitsProcessorList()
-    temperature = kwargs.get("temperature")
-    if temperature is not None and float(temperature) != 1.0:
-        processors.append(TemperatureLogitsWarper(float(temperature)))
-    processors.append(PartialSortTopPLogitsWarper(float(top_p)))
-    return {**kwargs, "temperature": 1.0, "top_p": 1.0, "logits_processor": processors}
+    return partial_sort_top_p_kwargs(kwargs)
 
 
 def _sample_batch(model, tokenizer, batch: list[str], config: SamplingConfig, kwargs: dict, eos_ids: set[int]):
