@@ -461,6 +461,21 @@ def test_bad_inputs_raise_before_generating(parts, tmp_path):
     assert not (tmp_path / "results.jsonl").exists() or not (tmp_path / "results.jsonl").read_text()
 
 
+def test_a_declared_reward_the_value_head_lacks_fails_before_anything_is_generated(parts, tmp_path):
+    model, tokenizer, head = parts
+    calls = []
+
+    def truthful(prompts, responses):
+        calls.append(len(responses))
+        return torch.zeros(len(responses))
+
+    truthful.objectives = ["truthful"]
+    with pytest.raises(ValueError, match=r"\['truthful'\] have no reward_mean"):
+        evaluate(model, tokenizer, head, [good, truthful], PROMPTS, [EvalMethod.reference()], output_dir=tmp_path,
+                 plots=False, **FAST)
+    assert calls == []  # was checked only after the first batch had been generated and scored
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # accelerate (two CPU processes) and CLI
 # ----------------------------------------------------------------------------------------------------------------

@@ -249,6 +249,8 @@ def evaluate(
     if is_main:
         _results.write_run_settings(out_dir, settings)
     my_ids = list(range(len(run.prompts)))[rank::world]
+    # the reward names known before generating: one the value model cannot normalise fails now
+    reward_normalization(value_head, _declared_reward_names(settings["rewards"]))
     generated = _generate_missing(run, value_head, my_ids, done, own_path, show_progress and is_main)
     _barrier(accelerator)
     summary, plot_paths = _finish(out_dir, run, value_head, settings, accelerator)
@@ -454,6 +456,20 @@ def _batch_seed(seed: int, method_name: str, first_prompt_id: int) -> int:
     position of the method in the list (so adding a method does not change the others' samples)."""
     state = np.random.SeedSequence([int(seed) % 2**32, zlib.crc32(method_name.encode()), int(first_prompt_id)])
     return int(state.generate_state(1, dtype=np.uint64)[0] % (2**63 - 1))
+
+
+def _declared_reward_names(rewards: list[dict]) -> list[str]:
+    """The reward columns' names that are known before scoring, from run.json's reward entries: those a function
+    declares (its ``objectives`` attribute, or its ``{name: fn}`` key for one column). A function declaring
+    nothing is named only once it has returned its columns."""
+    names: list[str] = []
+    for entry in rewards:
+        objectives, key = entry.get("objectives"), entry.get("name")
+        if key is not None and (objectives is None or len(objectives) == 1):
+            names.append(key)
+        elif objectives is not None:
+            names += objectives
+    return names
 
 
 def _generate_missing(run: _Run, value_head, my_ids: list[int], done: set, own_path: Path,
