@@ -89,3 +89,12 @@ def test_target_met():
     assert target_met(6.0, ">= 5") and not target_met(4.0, ">= 5")
     assert target_met(0.001, "< 0.01") and target_met(1.2, "> 1")
     assert target_met(1.0, "-") is None
+
+
+def test_profile_block_counts_what_rmod_adds_per_block(tmp_path, capsys):
+    from benchmarks.profile_block import main
+
+    out = main(["--quick", "--threads", "1", "--k", "2", "--b", "4", "--t", "8", "--output", str(tmp_path / "p.json")])
+    assert out["blocks"] == 2 and out["rmod"]["aten_ops"] > out["sampling"]["aten_ops"] > 0
+    assert out["extra_per_block"]["aten_ops"] > 0 and out["extra_ops_by_count"]  # the head, the solve, the reorder
+    assert json.loads((tmp_path / "p.json").read_text())["K"] == 2 and "ops RMOD adds" in capsys.readouterr().out
