@@ -29,7 +29,9 @@ Five objectives (``hf_rmod.rewards.TRUTHFULQA_OBJECTIVES``: harmless, helpful, t
   in reverse order (``reverse``): UNIFORM and RMOD decode with those G outputs of the one 5-objective value model
   (``RMODConfig(objectives=...)``) and are scored with the same G reward columns (:class:`SelectObjectives`), so
   the worst case is over those G objectives. The full set (G = 5) is the same in both orders and runs once
-  (``forward-G5``). Runs in this process (``hf-rmod evaluate`` has no flag for an objective subset).
+  (``forward-G5``); with ``--full-from-eval`` it is not run at all but read from the ``evaluate`` step's UNIFORM and
+  RMOD rows (the same prompts, seeds and settings give the same samples; checked at a tiny scale). Runs in this
+  process (``hf-rmod evaluate`` has no flag for an objective subset).
 - ``plot``: worst-case reward (z, 95% CI) of RMOD and UNIFORM against G for both orders, and the paired
   RMOD − UNIFORM difference.
 
@@ -467,10 +469,13 @@ class SelectObjectives:
         return f"{type(self).__name__}({self.reward_fn!r}, objectives={self.objectives})"
 
 
-def gsweep_plan(objectives: Sequence[str], sizes: Sequence[int], orders: Sequence[str]) -> list[dict]:
+def gsweep_plan(objectives: Sequence[str], sizes: Sequence[int], orders: Sequence[str],
+                full_from_eval: bool = False) -> list[dict]:
     """One entry per run: ``{"order", "g", "objectives", "name", "same_as"}``; ``forward`` takes the first ``g``
     objectives, ``reverse`` the first ``g`` of the reversed list. A subset with the same objectives as an earlier
-    entry (G = all objectives, in both orders) is not run again: ``same_as`` names the run it reuses."""
+    entry (G = all objectives, in both orders) is not run again: ``same_as`` names the run it reuses. With
+    ``full_from_eval`` the full set is not run at all: ``same_as`` is ``"eval"`` (the evaluate step's UNIFORM and
+    RMOD rows: the same prompts, seeds and settings give the same samples)."""
     objectives = list(objectives)
     bad = [g for g in sizes if not 1 <= g <= len(objectives)]
     if bad or not sizes:
@@ -484,8 +489,8 @@ def gsweep_plan(objectives: Sequence[str], sizes: Sequence[int], orders: Sequenc
         for g in sorted(set(sizes)):
             subset = ordered[:g]
             name = f"{order}-G{g}"
-            plan.append({"order": order, "g": g, "objectives": subset, "name": name,
-                         "same_as": seen.get(frozenset(subset))})
+            same = "eval" if full_from_eval and g == len(objectives) else seen.get(frozenset(subset))
+            plan.append({"order": order, "g": g, "objectives": subset, "name": name, "same_as": same})
             seen.setdefault(frozenset(subset), name)
     return plan
 
@@ -505,7 +510,7 @@ def subset_methods(available: Sequence[str], subset: Sequence[str], k: int, b: i
 def run_gsweep(paths: Paths, args: argparse.Namespace) -> None:
     from hf_rmod.rewards.task_objectives import TRUTHFULQA_OBJECTIVES
 
-    plan = gsweep_plan(TRUTHFULQA_OBJECTIVES, _ints(args.sizes), args.orders.split(","))
+    plan = gsweep_plan(TRUTHFULQA_OBJECTIVES, _ints(args.sizes), args.orders.split(","), args.full_from_eval)
     n = _num_prompts(paths, args.num_prompts)
     names = [m.name for m in subset_methods(TRUTHFULQA_OBJECTIVES, TRUTHFULQA_OBJECTIVES, args.k, args.b, args.lam)]
     print(f"# G-sweep: {', '.join(names)} on {n} evaluation prompts of {paths.eval}, K={args.k}, B={args.b}, "
@@ -513,7 +518,7 @@ def run_gsweep(paths: Paths, args: argparse.Namespace) -> None:
           "rewards: the same subset of TruthfulQATaskReward's columns")
     for entry in plan:
         folder = paths.gsweep / entry["name"]
-        state = (f"= {entry['same_as']} (same objectives), not rerun" if entry["same_as"]
+        state = (f"= {_summary_path(paths, entry).parent} (same objectives), not rerun" if entry["same_as"]
                  else f"{_rows_done(folder)}/{n * len(names)} rows in {folder}")
         print(f"  {entry['name']}: {', '.join(entry['objectives'])}: {state}")
     if not args.run:
@@ -564,12 +569,18 @@ def _ints(text: str) -> list[int]:
 # ------------------------------------------------------------------------------------------------------------
 # plot
 # ------------------------------------------------------------------------------------------------------------
+def _summary_path(paths: Paths, entry: dict) -> Path:
+    if entry["same_as"] == "eval":
+        return paths.eval_dir / "summary.json"
+    return paths.gsweep / (entry["same_as"] or entry["name"]) / "summary.json"
+
+
 def gsweep_points(paths: Paths, plan: Sequence[dict]) -> list[dict]:
     """Per plan entry with a summary: worst-case reward (z) and CI of UNIFORM and RMOD and the paired RMOD − UNIFORM
     difference (from summary.json's comparisons)."""
     points = []
     for entry in plan:
-        path = paths.gsweep / (entry["same_as"] or entry["name"]) / "summary.json"
+        path = _summary_path(paths, entry)
         if not path.exists():
             continue
         summary = json.loads(path.read_text(encoding="utf-8"))
@@ -580,7 +591,7 @@ def gsweep_points(paths: Paths, plan: Sequence[dict]) -> list[dict]:
         diff = next((c for c in summary.get("comparisons", [])
                      if c["method"] == kinds["rmod"] and c["baseline"] == kinds["uniform"]), None)
         points.append({
-            "order": entry["order"], "g": entry["g"], "objectives": entry["objectives"], "run": path.parent.name,
+            "order": entry["order"], "g": entry["g"], "objectives": entry["objectives"], "run": str(path.parent),
             "n_prompts": summary["n_prompts"],
             "uniform": uniform["worst_case_reward"], "uniform_ci": uniform["worst_case_reward_ci"],
             "rmod": rmod["worst_case_reward"], "rmod_ci": rmod["worst_case_reward_ci"],
@@ -628,8 +639,8 @@ def plot_gsweep(points: Sequence[dict], output: Path) -> Path:
     right.set_ylabel("RMOD − UNIFORM worst-case (paired)")
     right.set_title("Paired difference, 95% bootstrap CI", fontsize=9)
     orders = {p["order"]: p["objectives"] for p in sorted(points, key=lambda p: p["g"])}  # each order's largest set
-    fig.suptitle("worst case = mean over prompts of the min over the G objectives; "
-                 + "; ".join(f"{o}: {' → '.join(orders[o])}" for o in ORDERS if o in orders), fontsize=8)
+    fig.suptitle("\n".join(["worst case = mean over prompts of the min over the G objectives (z)"]
+                           + [f"{o} order: {' → '.join(orders[o])}" for o in ORDERS if o in orders]), fontsize=8)
     output.parent.mkdir(parents=True, exist_ok=True)
     return _save(fig, output)
 
@@ -637,7 +648,7 @@ def plot_gsweep(points: Sequence[dict], output: Path) -> Path:
 def run_plot(paths: Paths, args: argparse.Namespace) -> None:
     from hf_rmod.rewards.task_objectives import TRUTHFULQA_OBJECTIVES
 
-    plan = gsweep_plan(TRUTHFULQA_OBJECTIVES, _ints(args.sizes), args.orders.split(","))
+    plan = gsweep_plan(TRUTHFULQA_OBJECTIVES, _ints(args.sizes), args.orders.split(","), args.full_from_eval)
     points = gsweep_points(paths, plan)
     missing = [e["name"] for e in plan if not any(p["order"] == e["order"] and p["g"] == e["g"] for p in points)]
     if not points:
@@ -695,10 +706,13 @@ def build_parser() -> argparse.ArgumentParser:
     gsweep = sub.add_parser("gsweep", parents=[common, decoding], help="RMOD vs UNIFORM for G = 2..5 objectives")
     gsweep.add_argument("--sizes", default="2,3,4,5")
     gsweep.add_argument("--orders", default="forward,reverse")
+    gsweep.add_argument("--full-from-eval", action="store_true",
+                        help="take the full set (G = 5) from the evaluate step's UNIFORM/RMOD rows instead of rerunning it")
 
     plot = sub.add_parser("plot", parents=[common], help="the G-sweep plot")
     plot.add_argument("--sizes", default="2,3,4,5")
     plot.add_argument("--orders", default="forward,reverse")
+    plot.add_argument("--full-from-eval", action="store_true", help="as for gsweep")
     plot.add_argument("--output", default="docs/img/truthfulqa_gsweep.png")
     return parser
 

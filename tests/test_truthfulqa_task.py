@@ -185,10 +185,20 @@ def test_gsweep_points_read_summaries_and_reuse_the_full_set(task, tmp_path):
     _summary(paths.gsweep / "forward-G2", 0.1, 0.3)
     _summary(paths.gsweep / "forward-G5", -0.4, -0.2)
     points = task.gsweep_points(paths, plan)  # reverse-G2 has not run: left out
-    assert [(p["order"], p["g"], p["run"]) for p in points] == [
+    assert [(p["order"], p["g"], Path(p["run"]).name) for p in points] == [
         ("forward", 2, "forward-G2"), ("forward", 5, "forward-G5"), ("reverse", 5, "forward-G5")]
     assert points[0]["rmod"] == 0.3 and points[0]["uniform_ci"] == [0.0, 0.2]
     assert points[0]["difference"] == pytest.approx(0.2) and points[0]["win_rate"] == 0.6
+
+
+def test_full_set_from_the_evaluate_step(task, tmp_path):
+    plan = task.gsweep_plan(OBJECTIVES, [2, 5], ["forward", "reverse"], full_from_eval=True)
+    assert [e["name"] for e in plan if e["same_as"] == "eval"] == ["forward-G5", "reverse-G5"]
+    paths = task.Paths(tmp_path)
+    _summary(paths.eval_dir, -0.5, -0.1, n=4)
+    points = task.gsweep_points(paths, plan)
+    assert [(p["order"], p["g"], p["rmod"], p["n_prompts"]) for p in points] == [
+        ("forward", 5, -0.1, 4), ("reverse", 5, -0.1, 4)]
 
 
 def test_plot_gsweep_writes_a_png(task, tmp_path):
