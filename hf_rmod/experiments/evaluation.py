@@ -12,7 +12,8 @@ writes, under ``output_dir``:
 - ``summary.json`` / ``summary.md``: per method, mean reward per objective, worst-case reward and worst-case
   win rate against the reference responses, each with a bootstrap 95% interval (:mod:`.summary`).
 - ``worst_case_reward.png`` (paper Fig. 2), ``rewards_scatter.png`` (Fig. 3b), ``lambda_ablation.png``
-  (Fig. 3c, when two or more λ were run) and ``weight_trace.png`` (Fig. 5), see :mod:`.plots`.
+  (Fig. 3c, when two or more λ were run), ``block_size_ablation.png`` / ``candidates_ablation.png`` (Figs. 3a /
+  4a, when two or more B / K were run) and ``weight_trace.png`` (Fig. 5), see :mod:`.plots`.
 
 **Normalisation.** The worst-case metrics take ``min_g r_g`` across objectives, which only makes sense when
 the objectives share a scale. The default objectives do not (the harmless reward is a Bradley–Terry logit,

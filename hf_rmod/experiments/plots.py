@@ -17,7 +17,8 @@ from .methods import format_number
 __all__ = ["PLOT_NAMES", "require_matplotlib", "write_plots"]
 
 #: The plots :func:`write_plots` may write, ``{name}.png`` each.
-PLOT_NAMES = ("worst_case_reward", "rewards_scatter", "lambda_ablation", "weight_trace")
+PLOT_NAMES = ("worst_case_reward", "rewards_scatter", "lambda_ablation", "block_size_ablation", "candidates_ablation",
+              "weight_trace")
 
 
 def require_matplotlib() -> None:
@@ -55,6 +56,9 @@ def write_plots(summary: Mapping, rows: Sequence[dict], output_dir: str | os.Pat
       star (Fig. 3b). Only when ``G >= 2``.
     - ``lambda_ablation``: worst-case reward and win rate against λ for the RMOD methods of each (K, B), with
       UNIFORM at the same (K, B) as a dashed line (Fig. 3c). Only when some (K, B) has two or more λ.
+    - ``block_size_ablation`` / ``candidates_ablation``: worst-case reward and win rate against B (at each K and
+      λ) / against K (at each B and λ) for RMOD (solid) and UNIFORM (dashed) (Figs. 3a, 4a). Only when some
+      such line has two or more points.
     - ``weight_trace``: per-block weights ``w*`` and the chosen candidate's values (solid) and the candidates'
       mean values (dashed) of one prompt of the first RMOD method — the prompt with the most blocks (Fig. 5).
       Only when an RMOD method has traced rows.
@@ -66,6 +70,8 @@ def write_plots(summary: Mapping, rows: Sequence[dict], output_dir: str | os.Pat
         "worst_case_reward": _plot_worst_case(summary),
         "rewards_scatter": _plot_scatter(summary),
         "lambda_ablation": _plot_lambda(summary),
+        "block_size_ablation": _plot_axis(summary, "block_size", "B (tokens per block)"),
+        "candidates_ablation": _plot_axis(summary, "num_candidates", "K (candidates per block)"),
         "weight_trace": _plot_trace(summary, rows),
     }
     return {name: _save(fig, out / f"{name}.png") for name, fig in figures.items() if fig is not None}
@@ -168,6 +174,45 @@ def _plot_lambda(summary: Mapping):
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticks(all_lams, [format_number(lam) for lam in all_lams])
         ax.set_xlabel("λ")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def _plot_axis(summary: Mapping, axis: str, xlabel: str):
+    """Figs. 3a / 4a: worst-case reward / win rate against ``axis`` (``"block_size"`` or ``"num_candidates"``), one
+    line per RMOD (K or B, λ) and per UNIFORM (K or B); None when no line has two or more points."""
+    from matplotlib.ticker import NullLocator
+
+    methods, ref = summary["methods"], summary.get("reference_method")
+    other = "num_candidates" if axis == "block_size" else "block_size"
+    lines: dict[tuple, list[tuple[float, str]]] = {}
+    for name, m in methods.items():
+        if m["kind"] in ("rmod", "uniform") and (m.get("rmod") or {}).get(axis) is not None:
+            lam = m["rmod"].get("lam") if m["kind"] == "rmod" else None
+            key = (m["kind"], m["rmod"].get(other), lam)
+            lines.setdefault(key, []).append((float(m["rmod"][axis]), name))
+    lines = {key: sorted(v) for key, v in lines.items() if len({x for x, _ in v}) >= 2}
+    if not lines:
+        return None
+    panels = [("worst_case_reward", "worst-case reward (z)")]
+    if any(methods[n]["worst_case_win_rate"] is not None for v in lines.values() for _, n in v):
+        panels.append(("worst_case_win_rate", f"worst-case win rate vs {ref}"))
+    fig, axes = _figure(4.5 * len(panels) + 0.3, 3.6, ncols=len(panels))
+    xs = sorted({x for members in lines.values() for x, _ in members})
+    short = "K" if other == "num_candidates" else "B"
+    for col, (metric, label) in enumerate(panels):
+        ax = axes[0, col]
+        for i, ((kind, fixed, lam), members) in enumerate(sorted(lines.items(), key=lambda kv: str(kv[0]))):
+            errs = np.array([_err(methods[n][metric], methods[n][metric + "_ci"]) for _, n in members])
+            name = f"RMOD {short}={fixed} λ={format_number(lam)}" if kind == "rmod" else f"UNIFORM {short}={fixed}"
+            ax.errorbar([x for x, _ in members], [methods[n][metric] for _, n in members], yerr=errs[:, :, 0].T,
+                        marker="o", capsize=3, color=_KIND_COLOURS[kind] if len(lines) <= 2 else f"C{i}",
+                        ls="-" if kind == "rmod" else "--", label=name)
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticks(xs, [format_number(x) for x in xs])
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
     return fig
