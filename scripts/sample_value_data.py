@@ -16,6 +16,7 @@ no evaluation prompt is among them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
@@ -54,9 +55,9 @@ def main() -> None:
     for start in range(0, len(prompts), args.chunk):
         chunk = prompts[start : start + args.chunk]
         t0 = time.perf_counter()
-        rows = sample_responses(
-            model, tokenizer, chunk, rewards, config, output_path=args.output, objectives=["harmless", "helpful"],
-            show_progress=False,
+        rows = sample_responses(  # seeded per chunk (sample_responses seeds once per call): no reused stream
+            model, tokenizer, chunk, rewards, dataclasses.replace(config, seed=start), output_path=args.output,
+            objectives=["harmless", "helpful"], show_progress=False,
         )
         seconds = time.perf_counter() - t0
         if rows:
