@@ -1,5 +1,5 @@
-"""The ``hf-rmod`` command line: ``demo``, ``sample``, ``train-value``, ``value-report``, ``evaluate``, ``distill``,
-``train-objective-policies``.
+"""The ``hf-rmod`` command line: ``demo``, ``sample``, ``train-value``, ``value-report``, ``evaluate``,
+``summarize``, ``distill``, ``train-objective-policies``.
 
 ``python -m hf_rmod <command>`` is the same program.
 
@@ -47,6 +47,7 @@ from .experiments.configs import (
     PolicyArguments,
     SampleArguments,
     SamplingConfig,
+    SummarizeArguments,
     TrainValueArguments,
     ValueReportArguments,
     ValueTrainingConfig,
@@ -189,6 +190,15 @@ COMMANDS: dict[str, _Command] = {
             "reward_mean/reward_std. Run it under `accelerate launch` to shard the prompts across processes.",
             run="_run_evaluate", on_interrupt="the finished batches are in {output_dir}/results.jsonl; rerun the "
             "same command to resume (finished prompts are skipped).",
+        ),
+        _Command(
+            "summarize", (SummarizeArguments,),
+            help="Summarize an evaluation folder again for some of its methods / its first prompts (no generation).",
+            description="Recompute summary.json/.md and the plots of an `hf-rmod evaluate` folder from its "
+            "results.jsonl, for the methods given (default: all of them) and the prompts with prompt_id < "
+            "--num-prompts, into --summary-dir (default: the folder itself). The rewards are z-normalised with the "
+            "value model's reward_mean/reward_std (its config.json; default: the value model run.json records).",
+            run="_run_summarize",
         ),
         _Command(
             "distill", (PolicyArguments, DistillArguments, DistillConfig),
@@ -442,6 +452,18 @@ def _run_train_value(policy: PolicyArguments, args: TrainValueArguments, config:
                               allow_missing=(args.objectives or "").strip() == "common", tokenizer=tokenizer)
     print(json.dumps({"val_mse": result.val_mse, "baseline_mse": result.baseline_mse,
                       "best_checkpoint": result.best_checkpoint}, indent=2))
+    return 0
+
+
+def _run_summarize(args: SummarizeArguments) -> int:
+    from .experiments.summary import summarize_folder
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    target = args.summary_dir or args.output_dir
+    summary = summarize_folder(args.output_dir, methods=methods, num_prompts=args.num_prompts or None,
+                               value_head=args.value_head, summary_dir=target, reference_method=args.reference_method,
+                               n_resamples=args.n_resamples, plots=args.plots)
+    print(f"{len(summary['methods'])} methods on {summary['n_prompts']} prompts: {target}/summary.md")
     return 0
 
 

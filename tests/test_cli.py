@@ -69,6 +69,7 @@ REQUIRED = {
     "evaluate": ["-o", "out"],
     "distill": ["--prompts", "p.jsonl", "-o", "out"],
     "train-objective-policies": ["--records", "r.jsonl", "-o", "out"],
+    "summarize": ["-o", "out"],
 }
 
 
@@ -85,6 +86,7 @@ def test_every_default_comes_from_the_config_dataclasses(command):
         "evaluate": {"output_dir": "out"},
         "distill": {"prompts": "p.jsonl", "output_dir": "out"},
         "train-objective-policies": {"records": "r.jsonl", "output_dir": "out"},
+        "summarize": {"output_dir": "out"},
     }[command]
     for obj in parsed:
         names = {f.name for f in dataclasses.fields(obj)}

@@ -45,6 +45,7 @@ __all__ = [
     "ObjectivePolicyConfig",
     "PolicyArguments",
     "SampleArguments",
+    "SummarizeArguments",
     "SamplingConfig",
     "TrainValueArguments",
     "ValueReportArguments",
@@ -343,6 +344,38 @@ class EvaluationConfig(_GenerationSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_min(self, 1, "max_new_tokens", "batch_size", "n_resamples")
+
+
+@dataclass
+class SummarizeArguments:
+    """``hf-rmod summarize``: the summary of an evaluation folder again, for some of its methods and / or its first
+    prompts (:func:`~hf_rmod.experiments.summary.summarize_folder`); nothing is generated."""
+
+    output_dir: str = field(
+        default=None, metadata={"help": "The evaluation folder (results.jsonl, run.json).", "aliases": ["-o"],
+                                "required": True}
+    )
+    methods: Optional[str] = field(
+        default=None, metadata={"help": "Comma-separated methods, in this order (default: every method of the folder)."}
+    )
+    num_prompts: int = field(default=0, metadata={"help": "Only the prompts with prompt_id < this (0: all)."})
+    value_head: Optional[str] = field(
+        default=None, metadata={"help": "Value-model folder whose config.json reward_mean/reward_std normalise the "
+                                "rewards (default: the one run.json records)."}
+    )
+    summary_dir: Optional[str] = field(
+        default=None, metadata={"help": "Folder for summary.json/.md and the plots (default: --output-dir, replacing "
+                                "its summary)."}
+    )
+    reference_method: str = field(
+        default="reference", metadata={"help": "Method the worst-case win rates compare against."}
+    )
+    n_resamples: int = field(default=1000, metadata={"help": "Bootstrap resamples of the confidence intervals."})
+    plots: bool = field(default=True, metadata={"help": "Write the PNG plots (needs matplotlib)."})
+
+    def __post_init__(self) -> None:
+        _check_min(self, 1, "n_resamples")
+        _check_min(self, 0, "num_prompts")
 
 
 @dataclass

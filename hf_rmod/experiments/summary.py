@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -18,9 +20,10 @@ from .. import metrics as _metrics
 from .._utils import check_unique_names
 from ..config import RMODConfig
 from .methods import method_kind
-from .results import dedup, load_results
+from .results import RUN_FILE, dedup, load_results
 
-__all__ = ["comparison_baselines", "format_summary_markdown", "reward_normalization", "summarize_results"]
+__all__ = ["comparison_baselines", "format_summary_markdown", "reward_normalization", "summarize_folder",
+           "summarize_results"]
 
 
 def reward_normalization(value_head: Any, objectives: Sequence[str]) -> tuple[dict, dict]:
@@ -283,6 +286,92 @@ def summarize_results(
         "comparisons": _comparisons(stats, z, reference, ci),
         "head_to_head": _head_to_head(z, ci),
     }
+
+
+def summarize_folder(
+    output_dir: str | os.PathLike,
+    *,
+    methods: Sequence[str] | None = None,
+    num_prompts: int | None = None,
+    value_head: Any = None,
+    summary_dir: str | os.PathLike | None = None,
+    reference_method: str = "reference",
+    n_resamples: int = 1000,
+    plots: bool = True,
+) -> dict:
+    """Summarize an evaluation folder again, for some of its methods and / or its first prompts, generating nothing.
+
+    ``evaluate`` writes ``summary.json`` / ``summary.md`` for the methods and prompts of its own call; a folder that
+    several calls filled (a baseline grid on 300 prompts, an ablation on the first 100) holds more. This recomputes
+    :func:`summarize_results` from ``results.jsonl`` (and unmerged rank files, read only) and writes
+    ``summary.json``, ``summary.md`` and the plots into ``summary_dir``.
+
+    Args:
+        output_dir: the evaluation folder (``results.jsonl``, ``run.json``).
+        methods: the methods, in this order (default: every method of the folder, in order of first appearance).
+        num_prompts: only the prompts with ``prompt_id < num_prompts`` (default / 0: all).
+        value_head: where the reward statistics come from: a value-model folder (its ``config.json``
+            ``objectives`` / ``reward_mean`` / ``reward_std``) or a loaded value model (default: the folder
+            recorded in run.json's ``value_head.name_or_path``).
+        summary_dir: folder for the summary files and plots (default: ``output_dir``, replacing its summary).
+        reference_method: the method win rates compare against (``None`` in the summary when not summarized).
+        n_resamples: bootstrap resamples.
+        plots: write the plots (needs matplotlib).
+
+    Returns:
+        The summary (as :func:`summarize_results`, plus ``"run"``: run.json with ``num_prompts``).
+
+    Raises:
+        FileNotFoundError: no results in ``output_dir``; no value model to take the statistics from.
+        ValueError: a method the folder does not hold (the ones it holds are listed); no rows left.
+    """
+    out = Path(output_dir)
+    rows = load_results(out)
+    present = list(dict.fromkeys(r["method"] for r in rows))
+    methods = present if methods is None else list(methods)
+    unknown = [m for m in methods if m not in present]
+    if unknown:
+        raise ValueError(f"`methods` {unknown} have no rows in {out}; it holds {present}.")
+    rows = [r for r in rows if r["method"] in methods and (not num_prompts or r["prompt_id"] < num_prompts)]
+    if not rows:
+        raise ValueError(f"No rows of {methods} in {out} with prompt_id < {num_prompts}.")
+    run_path = out / RUN_FILE
+    run = json.loads(run_path.read_text(encoding="utf-8")) if run_path.exists() else {}
+    objectives = list(rows[0]["rewards"])
+    mean, std = _folder_statistics(value_head, run, objectives, run_path)
+    summary = summarize_results(rows, objectives, mean, std, reference_method=reference_method, methods=methods,
+                                n_resamples=n_resamples)
+    summary["run"] = {**run, "num_prompts": summary["n_prompts"]}
+    target = Path(summary_dir) if summary_dir is not None else out
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (target / "summary.md").write_text(format_summary_markdown(summary), encoding="utf-8")
+    if plots:
+        from .plots import write_plots
+
+        write_plots(summary, rows, target)
+    return summary
+
+
+def _folder_statistics(value_head: Any, run: Mapping, objectives: list[str], run_path: Path) -> tuple[dict, dict]:
+    """``reward_normalization`` of a loaded value model, or of the ``config.json`` of a value-model folder (the
+    given one, else run.json's)."""
+    if value_head is not None and not isinstance(value_head, (str, os.PathLike)):
+        return reward_normalization(value_head, objectives)
+    folder = value_head if value_head is not None else (run.get("value_head") or {}).get("name_or_path")
+    config_path = Path(folder) / "config.json" if folder else None
+    if config_path is None or not config_path.is_file():
+        where = f"{folder!r} has no config.json" if folder else f"{run_path} records no value head"
+        raise FileNotFoundError(
+            f"The reward statistics come from the value model, and {where}; pass `value_head=` (--value-head) "
+            "naming the value-model folder the evaluation used."
+        )
+    from types import SimpleNamespace
+
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    head = SimpleNamespace(objectives=config.get("objectives") or [], config=SimpleNamespace(
+        reward_mean=config.get("reward_mean"), reward_std=config.get("reward_std")))
+    return reward_normalization(head, objectives)
 
 
 def _ci_cell(value: float | None, interval: Sequence[float] | None, signed: bool = False) -> str:
