@@ -74,6 +74,19 @@ def test_baselines_of_each_method():
     assert comparison_baselines(defaults, None) == {"r": ["u"]}
 
 
+def test_policy_baselines_are_compared_with_uniform_and_distill_with_rs_mod_and_rmod():
+    methods = {"reference": {"kind": "reference", "rmod": None},
+               "uniform_k4_b8": {"kind": "uniform", "rmod": SETTINGS["uniform_k4_b8"]},
+               "rmod_k4_b8_lam0.5": {"kind": "rmod", "rmod": SETTINGS["rmod_k4_b8_lam0.5"]},
+               "rs_w0.5": {"kind": "rewarded_soup", "rmod": None}, "mod_w0.5": {"kind": "mod", "rmod": None},
+               "distill_rmod": {"kind": "policy", "rmod": None}}
+    baselines = comparison_baselines(methods, "reference")
+    assert baselines["rmod_k4_b8_lam0.5"] == ["reference", "uniform_k4_b8", "distill_rmod"]
+    assert baselines["rs_w0.5"] == baselines["mod_w0.5"] == ["reference", "uniform_k4_b8"]
+    assert baselines["distill_rmod"] == ["reference", "uniform_k4_b8", "rs_w0.5", "mod_w0.5"]
+    assert baselines["uniform_k4_b8"] == ["reference"]
+
+
 def test_planted_comparisons_and_hand_values(planted):
     rewards, summary = planted
     assert json.loads(json.dumps(summary)) == summary  # JSON-ready

@@ -132,13 +132,21 @@ def _setting(method: Mapping, key: str) -> Any:
     return rmod[key] if key in rmod else RMODConfig.__dataclass_fields__[key].default
 
 
+#: Kinds of the paper's policy baselines (:class:`~hf_rmod.experiments.methods.EvalMethod`): no value model at decoding.
+_POLICY_KINDS = ("rewarded_soup", "mod", "policy")
+
+
 def comparison_baselines(methods: Mapping[str, Mapping], reference_method: str | None) -> dict[str, list[str]]:
     """``{method: [baseline, ...]}``: what each summarized method is compared against, in summary order.
 
     - every method other than the reference: the reference method (when it has rows);
     - RMOD methods (kind ``rmod``) also: UNIFORM (kind ``uniform``) and every fixed-weight controlled decoding
-      (kind ``fixed_weights``, e.g. CD-``g``) with the same K (``num_candidates``) and B (``block_size``), and
-      robust Best-of-K (kind ``best_of_k``) with the same K.
+      (kind ``fixed_weights``, e.g. CD-``g``) with the same K (``num_candidates``) and B (``block_size``), robust
+      Best-of-K (kind ``best_of_k``) with the same K, and every policy method (kind ``policy``, e.g.
+      DISTILL-RMOD);
+    - the paper's policy baselines (kinds ``rewarded_soup``, ``mod``, ``policy``) also: every UNIFORM method
+      (the paper finds RS and MOD below UNIFORM); a policy method (DISTILL-RMOD) also every Rewarded Soup and MOD
+      method (the paper finds it the best of the methods that decode without a value model).
 
     Other pairs (e.g. RMOD at two λ, or UNIFORM against CD-``g``) appear in the head-to-head win rates only.
 
@@ -157,6 +165,11 @@ def comparison_baselines(methods: Mapping[str, Mapping], reference_method: str |
                 elif o["kind"] in ("uniform", "fixed_weights") and (
                         _setting(o, "num_candidates"), _setting(o, "block_size")) == (k, b):
                     wanted.append(other)
+            wanted += [other for other, o in methods.items() if o["kind"] == "policy"]
+        if m["kind"] in _POLICY_KINDS:
+            wanted += [other for other, o in methods.items() if o["kind"] == "uniform"]
+        if m["kind"] == "policy":
+            wanted += [other for other, o in methods.items() if o["kind"] in ("rewarded_soup", "mod")]
         if wanted:
             out[name] = wanted
     return out
