@@ -44,7 +44,8 @@ def _err(value: float, interval: Sequence[float]) -> list[list[float]]:
 
 
 _KIND_COLOURS = {"reference": "tab:purple", "best_of_k": "tab:gray", "fixed_weights": "tab:green",
-                 "uniform": "tab:orange", "rmod": "tab:blue"}
+                 "uniform": "tab:orange", "rmod": "tab:blue", "rewarded_soup": "tab:olive", "mod": "tab:cyan",
+                 "policy": "tab:red"}
 
 
 def write_plots(summary: Mapping, rows: Sequence[dict], output_dir: str | os.PathLike) -> dict[str, Path]:
