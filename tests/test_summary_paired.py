@@ -207,3 +207,22 @@ def test_worst_case_plot_marks_the_worst_objective(planted, tmp_path):
     old = {**summary, "methods": {n: {k: v for k, v in m.items() if not k.startswith("worst_objective")}
                                   for n, m in summary["methods"].items()}}
     assert "worst_case_reward" in write_plots(old, [], tmp_path / "old")  # summaries written before still plot
+
+
+def test_block_weights_are_summarized_for_robust_methods():
+    rows = []
+    for p in range(4):
+        for method, rmod, weights in [("reference", None, None),
+                                      ("rmod_k2_b4_lam0.5", {"num_candidates": 2, "block_size": 4, "lam": 0.5},
+                                       [[1.0, 0.0], [0.5, 0.5]])]:
+            row = {"prompt_id": p, "method": method, "rmod": rmod, "policy": None, "num_new_tokens": 8,
+                   "seconds": 1.0, "rewards": {"a": float(p), "b": 1.0}}
+            if weights is not None:
+                row.update(weights=weights, value_objectives=["a", "b"])
+            rows.append(row)
+    summary = summarize_results(rows, ["a", "b"], [0.0, 0.0], [1.0, 1.0], n_resamples=20)
+    bw = summary["methods"]["rmod_k2_b4_lam0.5"]["block_weights"]
+    assert bw == {"blocks": 8, "mean": {"a": 0.75, "b": 0.25}, "concentrated_share": 0.5}
+    assert summary["methods"]["reference"]["block_weights"] is None
+    text = format_summary_markdown(summary)
+    assert "## Weights w* per block" in text and "| `rmod_k2_b4_lam0.5` | 8 | 0.750 | 0.250 | 0.500 |" in text

@@ -123,6 +123,27 @@ def _method_stats(rows: dict[int, dict], common: list[int], objectives: list[str
         },
         "mean_new_tokens": float(np.mean([rows[p]["num_new_tokens"] for p in common])),
         "mean_seconds": float(np.mean([rows[p]["seconds"] for p in common])),
+        "block_weights": _block_weights(rows, common),
+    }
+
+
+#: A block's weights count as concentrated on one objective when its largest weight exceeds this.
+CONCENTRATED = 0.99
+
+
+def _block_weights(rows: dict[int, dict], common: list[int]) -> dict | None:
+    """How the per-block weights ``w*`` of a decoding method were spread (paper §6.3: λ controls their sparsity):
+    the number of blocks, the mean weight per objective and the share of blocks whose largest weight exceeds
+    :data:`CONCENTRATED`. None when the rows record no weights (plain sampling, policy methods)."""
+    blocks = [(w, rows[p].get("value_objectives")) for p in common for w in (rows[p].get("weights") or [])]
+    if not blocks:
+        return None
+    names = blocks[0][1] or [str(j) for j in range(len(blocks[0][0]))]
+    w = np.asarray([b[0] for b in blocks], dtype=np.float64)  # (blocks, G)
+    return {
+        "blocks": int(w.shape[0]),
+        "mean": dict(zip(names, w.mean(axis=0).tolist())),
+        "concentrated_share": float((w.max(axis=1) > CONCENTRATED).mean()),
     }
 
 
@@ -438,9 +459,28 @@ def format_summary_markdown(summary: Mapping) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if summary.get("rows_excluded"):
         lines += ["", f"{summary['rows_excluded']} rows were left out: their prompts lack a result for some method."]
+    lines += _weight_lines(summary["methods"])
     lines += _comparison_lines(summary.get("comparisons") or [], summary["n_prompts"], pct)
     lines += _head_to_head_lines(summary.get("head_to_head") or {}, list(summary["methods"]))
     return "\n".join(lines) + "\n"
+
+
+def _weight_lines(methods: Mapping[str, Mapping]) -> list[str]:
+    """The per-block weights table of ``summary.md``: robust methods (RMOD, robust Best-of-K) only."""
+    rows = [(name, m["block_weights"]) for name, m in methods.items()
+            if m.get("block_weights") and m["kind"] in ("rmod", "best_of_k")]
+    if not rows:
+        return []
+    names = list(rows[0][1]["mean"])
+    lines = ["", "## Weights w* per block", "",
+             f"Mean weight per objective over all blocks, and the share of blocks whose largest weight exceeds "
+             f"{CONCENTRATED} (weights concentrated on one objective).", "",
+             "| method | blocks | " + " | ".join(f"mean w {g}" for g in names) + f" | share max w > {CONCENTRATED} |",
+             "|" + "|".join("---" for _ in range(len(names) + 3)) + "|"]
+    for name, bw in rows:
+        cells = [f"`{name}`", str(bw["blocks"])] + [f"{bw['mean'].get(g, float('nan')):.3f}" for g in names]
+        lines.append("| " + " | ".join(cells + [f"{bw['concentrated_share']:.3f}"]) + " |")
+    return lines
 
 
 def _comparison_lines(comparisons: Sequence[Mapping], n_prompts: int, pct: int) -> list[str]:
