@@ -385,3 +385,16 @@ def test_weighted_objective_and_tilted_means_validate_weights():
         weighted_objective(V, torch.ones(2, 3) / 3, 0.5)
     with pytest.raises(TypeError, match="weights"):
         tilted_means(V, [0.25] * 4, 0.5)
+
+
+def test_small_lambda_puts_all_weight_on_the_objective_with_the_lowest_mean_value():
+    # F(w) = log E exp(λ w·V) = λ w·E[V] + O(λ²): as λ -> 0 the minimiser is the vertex of the lowest mean value
+    # (sparse weights), not the uniform point. The paper's Fig. 3c reading ("low λ, high-entropy weights") is what
+    # its 10-step gradient solver from uniform weights gives (method="paper"), not the solution of eq. 7.
+    gen = torch.Generator().manual_seed(11)
+    values = torch.randn(256, 8, 3, generator=gen, dtype=torch.float64)
+    lowest = values.mean(dim=1).argmin(dim=1)  # (256,)
+    exact = solve_weights(values, 1e-3).weights
+    assert torch.equal(exact.argmax(dim=1), lowest) and bool((exact.max(dim=1).values > 0.999).all())
+    paper = solve_weights(values, 1e-3, method="paper").weights
+    assert bool((paper.max(dim=1).values < 0.4).all())  # still close to uniform (1/3) after its 10 steps
