@@ -48,9 +48,10 @@ class RMODConfig:
             B, the number of tokens per block. ``max_new_tokens`` need not be a multiple of B: the
             last block is shorter.
         lam (`float`, defaults to 0.5):
-            λ > 0, the trade-off between value and KL to the reference policy (eq. 4). Small λ
-            spreads the worst-case weights (close to UNIFORM); large λ concentrates them on the
-            worst objective (App. B).
+            λ > 0, the trade-off between value and KL to the reference policy (eq. 4). Small λ puts
+            the worst-case weights on the objective with the lowest expected value (as λ -> 0, a vertex
+            of the simplex); larger λ hedges across the objectives whose candidates' values vary
+            together (App. B; measured in docs/results.md, λ ablation).
         weights (`str`, `int` or sequence of `float`, defaults to ``"robust"``):
             How the objective weights of each block are chosen:
             ``"robust"`` solves eq. 7 for the worst-case weights ``w*`` every block (RMOD);

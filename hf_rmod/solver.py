@@ -326,7 +326,8 @@ def _tilted_at(values, weights, lam, mask, log_probs) -> tuple[_Problem, torch.T
 # ---------------------------------------------------------------------------------------------
 
 
-_LAM_HINT = "e.g. lam=0.5; small lam spreads the weights, large lam concentrates them on the worst objective"
+_LAM_HINT = ("e.g. lam=0.5; small lam puts the weights on the objective with the lowest expected value, larger "
+             "lam hedges across objectives")
 
 
 def _positive_number(name: str, value: object, hint: str = "") -> float:
