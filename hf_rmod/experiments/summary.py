@@ -19,7 +19,7 @@ import numpy as np
 from .. import metrics as _metrics
 from .._utils import check_unique_names
 from ..config import RMODConfig
-from .methods import method_kind
+from .methods import POLICY_KINDS, method_kind
 from .results import RUN_FILE, dedup, load_results
 
 __all__ = ["comparison_baselines", "format_summary_markdown", "reward_normalization", "summarize_folder",
@@ -153,10 +153,6 @@ def _setting(method: Mapping, key: str) -> Any:
     return rmod[key] if key in rmod else RMODConfig.__dataclass_fields__[key].default
 
 
-#: Kinds of the paper's policy baselines (:class:`~hf_rmod.experiments.methods.EvalMethod`): no value model at decoding.
-_POLICY_KINDS = ("rewarded_soup", "mod", "policy")
-
-
 def comparison_baselines(methods: Mapping[str, Mapping], reference_method: str | None) -> dict[str, list[str]]:
     """``{method: [baseline, ...]}``: what each summarized method is compared against, in summary order.
 
@@ -187,7 +183,7 @@ def comparison_baselines(methods: Mapping[str, Mapping], reference_method: str |
                         _setting(o, "num_candidates"), _setting(o, "block_size")) == (k, b):
                     wanted.append(other)
             wanted += [other for other, o in methods.items() if o["kind"] == "policy"]
-        if m["kind"] in _POLICY_KINDS:
+        if m["kind"] in POLICY_KINDS:
             wanted += [other for other, o in methods.items() if o["kind"] == "uniform"]
         if m["kind"] == "policy":
             wanted += [other for other, o in methods.items() if o["kind"] in ("rewarded_soup", "mod")]
