@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -147,9 +147,7 @@ def _kb(method: Mapping) -> tuple:
 
 def _plot_lambda(summary: Mapping):
     """Fig. 3c: worst-case reward / win rate vs λ per (K, B) of the RMOD methods (None without ≥ 2 λ)."""
-    from matplotlib.ticker import NullLocator
-
-    methods, ref = summary["methods"], summary.get("reference_method")
+    methods = summary["methods"]
     groups: dict[tuple, list[tuple[float, str]]] = {}
     for name, m in methods.items():
         if m["kind"] == "rmod":
@@ -157,13 +155,9 @@ def _plot_lambda(summary: Mapping):
     groups = {kb: sorted(v) for kb, v in groups.items() if len({lam for lam, _ in v}) >= 2}
     if not groups:
         return None
-    panels = [("worst_case_reward", "worst-case reward (z)")]
-    if any(methods[n]["worst_case_win_rate"] is not None for v in groups.values() for _, n in v):
-        panels.append(("worst_case_win_rate", f"worst-case win rate vs {ref}"))
-    fig, axes = _figure(4.5 * len(panels) + 0.3, 3.6, ncols=len(panels))
+    fig, axes, panels = _ablation_figure(summary, groups)
     all_lams = sorted({lam for members in groups.values() for lam, _ in members})
-    for col, (metric, label) in enumerate(panels):
-        ax = axes[0, col]
+    for ax, (metric, label) in zip(axes, panels):
         for i, ((k, b), members) in enumerate(sorted(groups.items(), key=lambda kv: str(kv[0]))):
             errs = np.array([_err(methods[n][metric], methods[n][metric + "_ci"]) for _, n in members])
             ax.errorbar([lam for lam, _ in members], [methods[n][metric] for _, n in members], yerr=errs[:, :, 0].T,
@@ -171,21 +165,37 @@ def _plot_lambda(summary: Mapping):
             for m in methods.values():
                 if m["kind"] == "uniform" and _kb(m) == (k, b):
                     ax.axhline(m[metric], color=f"C{i}", ls="--", lw=1, label=f"UNIFORM K={k} B={b}")
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xticks(all_lams, [format_number(lam) for lam in all_lams])
-        ax.set_xlabel("λ")
-        ax.set_ylabel(label)
-        ax.legend(fontsize=7)
+        _log_x_axis(ax, all_lams, "λ", label)
     return fig
+
+
+def _ablation_figure(summary: Mapping, lines: Mapping[Any, Sequence[tuple[float, str]]]):
+    """``(fig, axes, panels)`` of an ablation plot: a worst-case reward panel, plus a win-rate panel when the
+    methods on the ``lines`` (``{line: [(x, method name), ...]}``) have win rates against a reference."""
+    methods = summary["methods"]
+    panels = [("worst_case_reward", "worst-case reward (z)")]
+    if any(methods[n]["worst_case_win_rate"] is not None for v in lines.values() for _, n in v):
+        panels.append(("worst_case_win_rate", f"worst-case win rate vs {summary.get('reference_method')}"))
+    fig, axes = _figure(4.5 * len(panels) + 0.3, 3.6, ncols=len(panels))
+    return fig, axes[0], panels
+
+
+def _log_x_axis(ax, xs: Sequence[float], xlabel: str, ylabel: str, base: float = 10) -> None:
+    """A log-scale x axis ticked at exactly ``xs``, the labels and the legend."""
+    from matplotlib.ticker import NullLocator
+
+    ax.set_xscale("log", base=base)
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks(xs, [format_number(x) for x in xs])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
 
 
 def _plot_axis(summary: Mapping, axis: str, xlabel: str):
     """Figs. 3a / 4a: worst-case reward / win rate against ``axis`` (``"block_size"`` or ``"num_candidates"``), one
     line per RMOD (K or B, λ) and per UNIFORM (K or B); None when no line has two or more points."""
-    from matplotlib.ticker import NullLocator
-
-    methods, ref = summary["methods"], summary.get("reference_method")
+    methods = summary["methods"]
     other = "num_candidates" if axis == "block_size" else "block_size"
     lines: dict[tuple, list[tuple[float, str]]] = {}
     for name, m in methods.items():
@@ -196,26 +206,17 @@ def _plot_axis(summary: Mapping, axis: str, xlabel: str):
     lines = {key: sorted(v) for key, v in lines.items() if len({x for x, _ in v}) >= 2}
     if not lines:
         return None
-    panels = [("worst_case_reward", "worst-case reward (z)")]
-    if any(methods[n]["worst_case_win_rate"] is not None for v in lines.values() for _, n in v):
-        panels.append(("worst_case_win_rate", f"worst-case win rate vs {ref}"))
-    fig, axes = _figure(4.5 * len(panels) + 0.3, 3.6, ncols=len(panels))
+    fig, axes, panels = _ablation_figure(summary, lines)
     xs = sorted({x for members in lines.values() for x, _ in members})
     short = "K" if other == "num_candidates" else "B"
-    for col, (metric, label) in enumerate(panels):
-        ax = axes[0, col]
+    for ax, (metric, label) in zip(axes, panels):
         for i, ((kind, fixed, lam), members) in enumerate(sorted(lines.items(), key=lambda kv: str(kv[0]))):
             errs = np.array([_err(methods[n][metric], methods[n][metric + "_ci"]) for _, n in members])
             name = f"RMOD {short}={fixed} λ={format_number(lam)}" if kind == "rmod" else f"UNIFORM {short}={fixed}"
             ax.errorbar([x for x, _ in members], [methods[n][metric] for _, n in members], yerr=errs[:, :, 0].T,
                         marker="o", capsize=3, color=_KIND_COLOURS[kind] if len(lines) <= 2 else f"C{i}",
                         ls="-" if kind == "rmod" else "--", label=name)
-        ax.set_xscale("log", base=2)
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xticks(xs, [format_number(x) for x in xs])
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(label)
-        ax.legend(fontsize=7)
+        _log_x_axis(ax, xs, xlabel, label, base=2)
     return fig
 
 
