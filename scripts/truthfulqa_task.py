@@ -115,18 +115,13 @@ def truthfulqa_path(data: str | os.PathLike | None = None) -> Path:
 
 def read_rows(path: Path) -> list[dict]:
     """The JSONL rows of ``path``; each needs a string ``id``, ``prompt`` and ``category``, ids and prompts unique."""
+    from hf_rmod.experiments.io import iter_jsonl
+
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number} is not valid JSON ({err}).") from None
-            if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("id", "prompt", "category")):
-                raise ValueError(f"{path}:{number}: expected an object with string 'id', 'prompt' and 'category'.")
-            rows.append(row)
+    for number, row in iter_jsonl(path):
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("id", "prompt", "category")):
+            raise ValueError(f"{path}:{number}: expected an object with string 'id', 'prompt' and 'category'.")
+        rows.append(row)
     if not rows:
         raise ValueError(f"{path} holds no rows.")
     for key in ("id", "prompt"):
@@ -187,7 +182,9 @@ def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
 
 
 def _ids(path: Path) -> list[str]:
-    return [json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from hf_rmod.experiments.io import iter_jsonl
+
+    return [row["id"] for _, row in iter_jsonl(path)]
 
 
 def run_split(paths: Paths, data: str | None, eval_size: int, seed: int) -> dict:
@@ -227,7 +224,9 @@ def run_split(paths: Paths, data: str | None, eval_size: int, seed: int) -> dict
 
 
 def _prompts(path: Path) -> list[str]:
-    return [json.loads(line)["prompt"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from hf_rmod.experiments.io import read_prompts
+
+    return read_prompts(path)
 
 
 def _check_no_eval_prompt(prompts: Sequence[str], paths: Paths, what: str) -> None:

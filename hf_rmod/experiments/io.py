@@ -2,6 +2,7 @@
 
 - :func:`read_jsonl` / :func:`write_jsonl` / :func:`append_jsonl`: append-only JSONL files of resumable runs
   (an interrupted last line is dropped, and cut from the file with ``repair=True``).
+- :func:`iter_jsonl`: the values of a JSONL *data* file with their line numbers (a bad line is an error naming it).
 - :func:`read_prompts`: prompts from a JSONL file or from a file of the data folder, one behaviour for both.
 - :func:`encode_prompts`: user prompts -> a left-padded batch (chat template or plain text).
 - :func:`eos_token_ids` / :func:`cut_at_eos`: where a sampled response ends.
@@ -16,7 +17,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 __all__ = [
     "append_jsonl",
@@ -103,26 +104,38 @@ def read_prompts(source: str | os.PathLike, field: str = "prompt", limit: int | 
         raise ValueError(f"`limit` must be a non-negative int or None, got {limit!r}.")
     path = _prompt_file(source)
     prompts: list[str] = []
-    with path.open(encoding="utf-8") as handle:
+    if limit == 0:
+        return prompts
+    for number, value in iter_jsonl(path):  # lazily: nothing after the limit is read
+        if isinstance(value, dict) and isinstance(value.get(field), str):
+            value = value[field]
+        if not isinstance(value, str):
+            keys = sorted(value) if isinstance(value, dict) else type(value).__name__
+            raise ValueError(
+                f"{path}:{number}: expected a JSON string or an object with a string {field!r} field, got {keys}; "
+                "pass the right field name (--prompt-field / field=)."
+            )
+        prompts.append(value)
+        if limit is not None and len(prompts) >= limit:
+            break
+    return prompts
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """``(line number, value)`` of every non-blank line of a JSONL data file, read lazily.
+
+    A line that is not JSON raises ``ValueError("<path>:<line> is not valid JSON (...)")``: unlike the append logs
+    of :func:`read_jsonl`, a data file has no interrupted last line to forgive.
+    """
+    with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
-            if limit is not None and len(prompts) >= limit:
-                break
             if not line.strip():
                 continue
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{number} is not valid JSON ({err}).") from err
-            if isinstance(value, dict) and isinstance(value.get(field), str):
-                value = value[field]
-            if not isinstance(value, str):
-                keys = sorted(value) if isinstance(value, dict) else type(value).__name__
-                raise ValueError(
-                    f"{path}:{number}: expected a JSON string or an object with a string {field!r} field, got {keys}; "
-                    "pass the right field name (--prompt-field / field=)."
-                )
-            prompts.append(value)
-    return prompts
+            yield number, value
 
 
 def _prompt_file(source: str | os.PathLike) -> Path:

@@ -16,7 +16,6 @@ so the command line can name it: ``--reward hf_rmod.rewards:TruthfulQATaskReward
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -75,31 +74,26 @@ def load_truthfulqa_references(path: str | os.PathLike | None = None) -> dict[st
         ValueError: a line that is not JSON, a row without string ``prompt`` / non-empty ``best_answer``, the
             same question with two different answers, or an empty file (``file:line`` named).
     """
+    from ..experiments.io import iter_jsonl
+
     full = _resolve_truthfulqa_path(path)
     references: dict[str, str] = {}
-    with full.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{full}:{number} is not valid JSON ({err}).") from err
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not isinstance(
-                row.get("best_answer"), str
-            ) or not row["best_answer"].strip():
-                keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-                raise ValueError(
-                    f"{full}:{number}: expected an object with string 'prompt' and non-empty 'best_answer' fields, "
-                    f"got {keys}."
-                )
-            prompt, answer = row["prompt"].strip(), row["best_answer"].strip()
-            if references.get(prompt, answer) != answer:
-                raise ValueError(
-                    f"{full}:{number}: the question {prompt!r} appears twice with different best answers "
-                    f"({references[prompt]!r} and {answer!r}); keep one."
-                )
-            references[prompt] = answer
+    for number, row in iter_jsonl(full):
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not isinstance(
+            row.get("best_answer"), str
+        ) or not row["best_answer"].strip():
+            keys = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise ValueError(
+                f"{full}:{number}: expected an object with string 'prompt' and non-empty 'best_answer' fields, "
+                f"got {keys}."
+            )
+        prompt, answer = row["prompt"].strip(), row["best_answer"].strip()
+        if references.get(prompt, answer) != answer:
+            raise ValueError(
+                f"{full}:{number}: the question {prompt!r} appears twice with different best answers "
+                f"({references[prompt]!r} and {answer!r}); keep one."
+            )
+        references[prompt] = answer
     if not references:
         raise ValueError(f"{full} holds no questions; give a TruthfulQA JSONL with 'prompt'/'best_answer' rows.")
     return references
