@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import time
 
 import torch
 
-from .common import fixed_length_kwargs, load_setup, plain_sampling_kwargs, rmod_config, seeded, shared_trunk_head
+from .common import (fixed_length_kwargs, load_setup, plain_sampling_kwargs, rmod_config, seeded,
+                     shared_trunk_head, timed)
 
 _SYNC_NAMES = ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaMemcpy",
                "cudaMemcpyAsync", "cudaEventSynchronize")
@@ -31,27 +31,13 @@ def _profile(fn, device: torch.device) -> tuple[float, collections.Counter, coll
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        wall = time.perf_counter() - t0
+        wall = timed(fn)[0]
     counts, self_us = collections.Counter(), collections.Counter()
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CPU:
             counts[event.name] += 1
             self_us[event.name] += event.self_cpu_time_total
     return wall, counts, self_us
-
-
-def _timed(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
 
 
 def _summary(counts: collections.Counter) -> dict:
@@ -88,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     plain = seeded(lambda: model.generate(ids, attention_mask=mask, num_return_sequences=args.k, **plain_kw))
     for fn in (rmod, plain, rmod, plain):  # warm-up
         fn()
-    walls = {"rmod": [_timed(rmod, device) for _ in range(2)], "sampling": [_timed(plain, device) for _ in range(2)]}
+    walls = {"rmod": [timed(rmod)[0] for _ in range(2)], "sampling": [timed(plain)[0] for _ in range(2)]}
     wall_r, counts_r, self_r = _profile(rmod, device)
     wall_p, counts_p, self_p = _profile(plain, device)
     blocks = -(-args.t // args.b)
