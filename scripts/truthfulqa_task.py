@@ -574,15 +574,54 @@ def _summary_path(paths: Paths, entry: dict) -> Path:
     return paths.gsweep / (entry["same_as"] or entry["name"]) / "summary.json"
 
 
+def _eval_summary(paths: Paths, num_prompts: int | None) -> Path:
+    """The evaluate step's summary, restricted to its first ``num_prompts`` prompts when the G-sweep ran on fewer.
+
+    The G-sweep's G = all point must cover the same prompts as its other points; when the evaluation holds more,
+    its UNIFORM and RMOD rows on the first ``num_prompts`` prompts are summarized again (``summarize_folder``,
+    nothing generated) into ``gsweep/eval-first<n>/``. Raises ``ValueError`` when it holds fewer."""
+    path = paths.eval_dir / "summary.json"
+    if num_prompts is None or not path.exists():
+        return path
+    summary = json.loads(path.read_text(encoding="utf-8"))
+    if summary["n_prompts"] == num_prompts:
+        return path
+    if summary["n_prompts"] < num_prompts:
+        raise ValueError(f"the evaluate step's {path} covers {summary['n_prompts']} prompts, the G-sweep "
+                         f"{num_prompts}: rerun `evaluate --run --num-prompts {num_prompts}` (it resumes) or the "
+                         "G-sweep with fewer prompts.")
+    from hf_rmod.experiments.summary import summarize_folder
+
+    kinds = {m["kind"]: name for name, m in summary["methods"].items()}
+    folder = paths.gsweep / f"eval-first{num_prompts}"
+    summarize_folder(paths.eval_dir, methods=[kinds["uniform"], kinds["rmod"]], num_prompts=num_prompts,
+                     summary_dir=folder, plots=False)
+    return folder / "summary.json"
+
+
 def gsweep_points(paths: Paths, plan: Sequence[dict]) -> list[dict]:
     """Per plan entry with a summary: worst-case reward (z) and CI of UNIFORM and RMOD and the paired RMOD − UNIFORM
-    difference (from summary.json's comparisons)."""
+    difference (from summary.json's comparisons). Entries read from the evaluate step cover the same prompts as the
+    G-sweep's own runs (:func:`_eval_summary`)."""
+    summaries = {}
+    for entry in plan:
+        path = None if entry["same_as"] == "eval" else _summary_path(paths, entry)
+        if path is not None and path.exists():
+            summaries[entry["name"]] = (path, json.loads(path.read_text(encoding="utf-8")))
+    sizes = sorted({s["n_prompts"] for _, s in summaries.values()})
+    if len(sizes) > 1:
+        raise ValueError(f"the G-sweep runs under {paths.gsweep} cover different numbers of prompts {sizes}; rerun "
+                         "them with one --num-prompts (they resume).")
+    if any(entry["same_as"] == "eval" for entry in plan):
+        path = _eval_summary(paths, sizes[0] if sizes else None)
+        if path.exists():
+            evaluated = (path, json.loads(path.read_text(encoding="utf-8")))
+            summaries.update({e["name"]: evaluated for e in plan if e["same_as"] == "eval"})
     points = []
     for entry in plan:
-        path = _summary_path(paths, entry)
-        if not path.exists():
+        if entry["name"] not in summaries:
             continue
-        summary = json.loads(path.read_text(encoding="utf-8"))
+        path, summary = summaries[entry["name"]]
         kinds = {m["kind"]: name for name, m in summary["methods"].items()}
         if not {"uniform", "rmod"} <= set(kinds):
             continue

@@ -201,6 +201,33 @@ def test_full_set_from_the_evaluate_step(task, tmp_path):
         ("forward", 5, -0.1, 4), ("reverse", 5, -0.1, 4)]
 
 
+def test_full_set_from_the_evaluate_step_on_the_gsweep_prompts(task, tmp_path, monkeypatch):
+    """The evaluation ran on more prompts than the G-sweep: its G = 5 point is summarized again on the first ones."""
+    import hf_rmod.experiments.summary as summary_module
+
+    plan = task.gsweep_plan(OBJECTIVES, [2, 5], ["forward"], full_from_eval=True)
+    paths = task.Paths(tmp_path)
+    _summary(paths.eval_dir, -0.5, -0.1, n=8)
+    _summary(paths.gsweep / "forward-G2", 0.1, 0.3, n=3)
+    calls = []
+
+    def fake_summarize(folder, *, methods, num_prompts, summary_dir, plots, **kwargs):
+        calls.append((Path(folder), methods, num_prompts, Path(summary_dir)))
+        _summary(Path(summary_dir), -0.6, -0.3, n=num_prompts)
+
+    monkeypatch.setattr(summary_module, "summarize_folder", fake_summarize)
+    points = task.gsweep_points(paths, plan)
+    assert calls == [(paths.eval_dir, ["uniform_k8_b16", "rmod_k8_b16_lam0.5"], 3, paths.gsweep / "eval-first3")]
+    assert [(p["g"], p["rmod"], p["n_prompts"]) for p in points] == [(2, 0.3, 3), (5, -0.3, 3)]
+
+    _summary(paths.gsweep / "forward-G3", 0.0, 0.1, n=4)  # runs of different sizes: refused
+    with pytest.raises(ValueError, match=r"different numbers of prompts \[3, 4\]"):
+        task.gsweep_points(paths, task.gsweep_plan(OBJECTIVES, [2, 3, 5], ["forward"], full_from_eval=True))
+    _summary(paths.gsweep / "forward-G4", 0.0, 0.1, n=9)  # more prompts than the evaluation: refused
+    with pytest.raises(ValueError, match="covers 8 prompts, the G-sweep 9"):
+        task.gsweep_points(paths, task.gsweep_plan(OBJECTIVES, [4, 5], ["forward"], full_from_eval=True))
+
+
 def test_plot_gsweep_writes_a_png(task, tmp_path):
     pytest.importorskip("matplotlib")
     paths = task.Paths(tmp_path)
