@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_SAMPLING",
     "DEFAULT_VALUE_HEAD_DIR",
     "DEFAULT_VALUE_MODEL_DIR",
+    "TRUTHFULQA_VALUE_MODEL_DIR",
     "build_chat_prompts",
     "data_dir",
     "load_default_policy",
@@ -60,6 +61,11 @@ DEFAULT_VALUE_HEAD_DIR = Path(__file__).resolve().parent / "assets" / "value-hea
 
 #: Where the default value model (MiniLM on the partial text, see :func:`load_default_value_model`) is shipped.
 DEFAULT_VALUE_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "value-minilm-smollm2"
+
+#: The TruthfulQA task's five-objective value model (harmless, helpful, truthful, non_offensive, concise; MiniLM on
+#: the partial text, fit on SmolLM2's samples for the 517 training questions of ``scripts/truthfulqa_task.py split``,
+#: none of the 300 evaluation questions). Load it with ``load_value_model(TRUTHFULQA_VALUE_MODEL_DIR, tokenizer)``.
+TRUTHFULQA_VALUE_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "value-minilm-truthfulqa"
 
 
 # --------------------------------------------------------------------------------------------------

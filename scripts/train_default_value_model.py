@@ -263,7 +263,7 @@ def _card(model, report, folds: int, rank_tolerance: float, card: dict) -> str:
         f"# {card['title']}", "",
         "`V_g(x, y^t) = w_g · [e(x), e(y^t), e(x) * e(y^t)] + b_g`, `e` = all-MiniLM-L6-v2 sentence embedding of the "
         "plain user prompt and of the decoded partial response; one linear output per objective, fit by CD-FUDGE "
-        "(eq. 8: every prefix t = 16, 32, ..., 96 regresses onto the final reward) as closed-form ridge regression "
+        f"(eq. 8: every prefix t = {', '.join(map(str, positions))} regresses onto the final reward) as closed-form ridge regression "
         "towards the reward models themselves (the paper initialises its value functions from the reward models). "
         f"{card['load']}; values are z-scored with `reward_mean`/`reward_std`.",
         "",

