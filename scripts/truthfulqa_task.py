@@ -9,7 +9,7 @@ Five objectives (``hf_rmod.rewards.TRUTHFULQA_OBJECTIVES``: harmless, helpful, t
     python scripts/truthfulqa_task.py fit                   # value-minilm-truthfulqa/ (+ fit_report.json)
     python scripts/truthfulqa_task.py evaluate --run        # eval/: hf-rmod evaluate on the evaluation prompts
     python scripts/truthfulqa_task.py gsweep --run          # gsweep/<order>-G<g>/: RMOD vs UNIFORM as G grows
-    python scripts/truthfulqa_task.py plot                  # docs/img/truthfulqa_gsweep.png (+ gsweep/gsweep.json)
+    python scripts/truthfulqa_task.py plot                  # docs/img/truthfulqa_gsweep.png (+ gsweep/gsweep.json, .md)
 
 ``evaluate`` and ``gsweep`` without ``--run`` only print what they would run (and how much of it is done).
 
@@ -683,6 +683,27 @@ def plot_gsweep(points: Sequence[dict], output: Path) -> Path:
     return _save(fig, output)
 
 
+def gsweep_markdown(points: Sequence[dict]) -> str:
+    """The G-sweep table (``gsweep.md``; docs/results.md includes it): per point the worst-case reward (z, 95% CI)
+    of UNIFORM and RMOD, the paired RMOD − UNIFORM difference and RMOD's head-to-head worst-case win rate."""
+
+    def ci(value: float, interval: Sequence[float]) -> str:
+        return f"{value:+.3f} [{interval[0]:+.3f}, {interval[1]:+.3f}]"
+
+    lines = ["# G-sweep: RMOD vs UNIFORM as the number of objectives grows", "",
+             "Worst-case reward = mean over prompts of the minimum over the G objectives' z-scores; 95% bootstrap "
+             "CIs, the difference paired by prompt; win rate = share of prompts where RMOD's minimum is above "
+             "UNIFORM's (ties half).", "",
+             "| order | G | objectives | prompts | UNIFORM worst-case | RMOD worst-case | RMOD − UNIFORM (paired) "
+             "| RMOD wins |", "|---|---|---|---|---|---|---|---|"]
+    for p in points:
+        diff = "–" if p["difference"] is None else ci(p["difference"], p["difference_ci"])
+        wins = "–" if p["win_rate"] is None else f"{p['win_rate']:.2f}"
+        lines.append(f"| {p['order']} | {p['g']} | {', '.join(p['objectives'])} | {p['n_prompts']} | "
+                     f"{ci(p['uniform'], p['uniform_ci'])} | {ci(p['rmod'], p['rmod_ci'])} | {diff} | {wins} |")
+    return "\n".join(lines) + "\n"
+
+
 def run_plot(paths: Paths, args: argparse.Namespace) -> None:
     from hf_rmod.rewards.task_objectives import TRUTHFULQA_OBJECTIVES
 
@@ -693,16 +714,11 @@ def run_plot(paths: Paths, args: argparse.Namespace) -> None:
         raise SystemExit(f"error: no G-sweep summary under {paths.gsweep}; run `gsweep --run` first.")
     table = paths.gsweep / "gsweep.json"
     table.write_text(json.dumps(points, indent=1) + "\n", encoding="utf-8")
-    print("| order | G | objectives | prompts | UNIFORM worst-case | RMOD worst-case | RMOD − UNIFORM (paired) |")
-    print("|---|---|---|---|---|---|---|")
-    for p in points:
-        diff = "–" if p["difference"] is None else (f"{p['difference']:+.3f} [{p['difference_ci'][0]:+.3f}, "
-                                                     f"{p['difference_ci'][1]:+.3f}]")
-        print(f"| {p['order']} | {p['g']} | {', '.join(p['objectives'])} | {p['n_prompts']} | "
-              f"{p['uniform']:+.3f} [{p['uniform_ci'][0]:+.3f}, {p['uniform_ci'][1]:+.3f}] | "
-              f"{p['rmod']:+.3f} [{p['rmod_ci'][0]:+.3f}, {p['rmod_ci'][1]:+.3f}] | {diff} |")
+    markdown = paths.gsweep / "gsweep.md"
+    markdown.write_text(gsweep_markdown(points), encoding="utf-8")
+    print(markdown.read_text(encoding="utf-8"))
     output = plot_gsweep(points, Path(args.output))
-    print(f"wrote {output} and {table}" + (f"; missing runs: {missing}" if missing else ""))
+    print(f"wrote {output}, {table} and {markdown}" + (f"; missing runs: {missing}" if missing else ""))
 
 
 # ------------------------------------------------------------------------------------------------------------

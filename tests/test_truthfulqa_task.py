@@ -228,6 +228,21 @@ def test_full_set_from_the_evaluate_step_on_the_gsweep_prompts(task, tmp_path, m
         task.gsweep_points(paths, task.gsweep_plan(OBJECTIVES, [4, 5], ["forward"], full_from_eval=True))
 
 
+def test_gsweep_markdown_lists_every_point(task, tmp_path):
+    paths = task.Paths(tmp_path)
+    plan = task.gsweep_plan(OBJECTIVES, [2, 5], ["forward"])
+    _summary(paths.gsweep / "forward-G2", 0.1, 0.3)
+    _summary(paths.gsweep / "forward-G5", -0.4, -0.25)
+    text = task.gsweep_markdown(task.gsweep_points(paths, plan))
+    rows = [line for line in text.splitlines() if line.startswith("| forward")]
+    assert rows == [
+        "| forward | 2 | harmless, helpful | 3 | +0.100 [+0.000, +0.200] | +0.300 [+0.200, +0.400] "
+        "| +0.200 [+0.000, +0.200] | 0.60 |",
+        "| forward | 5 | harmless, helpful, truthful, non_offensive, concise | 3 | -0.400 [-0.500, -0.300] "
+        "| -0.250 [-0.350, -0.150] | +0.150 [+0.000, +0.200] | 0.60 |"]
+    assert text.startswith("# G-sweep")
+
+
 def test_plot_gsweep_writes_a_png(task, tmp_path):
     pytest.importorskip("matplotlib")
     paths = task.Paths(tmp_path)
