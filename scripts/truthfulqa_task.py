@@ -637,7 +637,30 @@ def gsweep_points(paths: Paths, plan: Sequence[dict]) -> list[dict]:
             "difference_ci": None if diff is None else diff["worst_case_difference_ci"],
             "win_rate": None if diff is None else diff["win_rate"],
         })
+    reference = reference_worst_case(paths, [p["objectives"] for p in points], sizes[0] if sizes else None)
+    for point, value in zip(points, reference):
+        point["reference"] = value
     return points
+
+
+def reference_worst_case(paths: Paths, subsets: Sequence[Sequence[str]], num_prompts: int | None) -> list:
+    """The reference policy's worst-case reward (z) for each objective subset, from the evaluate step's reference
+    rows on its first ``num_prompts`` prompts (all: ``None``), z-scored with that step's normalisation: how far the
+    worst case falls as G grows with no decoding at all. ``None`` per subset when there are no such rows."""
+    rows_file, summary_file = paths.eval_dir / "results.jsonl", paths.eval_dir / "summary.json"
+    if not rows_file.is_file() or not summary_file.is_file():
+        return [None] * len(subsets)
+    summary = json.loads(summary_file.read_text(encoding="utf-8"))
+    method = summary.get("reference_method") or "reference"
+    mean, std = summary["normalization"]["reward_mean"], summary["normalization"]["reward_std"]
+    from hf_rmod.experiments.io import read_jsonl
+
+    rows = [r for r in read_jsonl(rows_file)[0] if r["method"] == method  # an append log: a partial last line is
+            and (num_prompts is None or r["prompt_id"] < num_prompts)]    # dropped (an evaluation may be running)
+    if not rows:
+        return [None] * len(subsets)
+    return [sum(min((r["rewards"][g] - mean[g]) / std[g] for g in subset) for r in rows) / len(rows)
+            for subset in subsets]
 
 
 def plot_gsweep(points: Sequence[dict], output: Path) -> Path:
@@ -660,6 +683,11 @@ def plot_gsweep(points: Sequence[dict], output: Path) -> Path:
             errs = np.array([_err(p[kind], p[kind + "_ci"]) for p in mine])[:, :, 0].T
             left.errorbar(gs, [p[kind] for p in mine], yerr=errs, ls=ls, marker=marker, capsize=3,
                           color=_KIND_COLOURS[kind], label=f"{label}, {order} order")
+        with_reference = [p for p in mine if p.get("reference") is not None]
+        if with_reference:
+            left.plot(np.array([p["g"] for p in with_reference], dtype=float) + dx,
+                      [p["reference"] for p in with_reference], ls=ls, marker="x", color="0.5",
+                      label=f"reference policy, {order} order")
         paired = [p for p in mine if p["difference"] is not None]
         if paired:
             errs = np.array([_err(p["difference"], p["difference_ci"]) for p in paired])[:, :, 0].T
@@ -693,13 +721,15 @@ def gsweep_markdown(points: Sequence[dict]) -> str:
     lines = ["# G-sweep: RMOD vs UNIFORM as the number of objectives grows", "",
              "Worst-case reward = mean over prompts of the minimum over the G objectives' z-scores; 95% bootstrap "
              "CIs, the difference paired by prompt; win rate = share of prompts where RMOD's minimum is above "
-             "UNIFORM's (ties half).", "",
-             "| order | G | objectives | prompts | UNIFORM worst-case | RMOD worst-case | RMOD − UNIFORM (paired) "
-             "| RMOD wins |", "|---|---|---|---|---|---|---|---|"]
+             "UNIFORM's (ties half); reference = the reference policy's worst case on the same prompts and "
+             "objectives (the evaluate step's reference rows; no CI).", "",
+             "| order | G | objectives | prompts | reference | UNIFORM worst-case | RMOD worst-case "
+             "| RMOD − UNIFORM (paired) | RMOD wins |", "|---|---|---|---|---|---|---|---|---|"]
     for p in points:
         diff = "–" if p["difference"] is None else ci(p["difference"], p["difference_ci"])
         wins = "–" if p["win_rate"] is None else f"{p['win_rate']:.2f}"
-        lines.append(f"| {p['order']} | {p['g']} | {', '.join(p['objectives'])} | {p['n_prompts']} | "
+        reference = "–" if p.get("reference") is None else f"{p['reference']:+.3f}"
+        lines.append(f"| {p['order']} | {p['g']} | {', '.join(p['objectives'])} | {p['n_prompts']} | {reference} | "
                      f"{ci(p['uniform'], p['uniform_ci'])} | {ci(p['rmod'], p['rmod_ci'])} | {diff} | {wins} |")
     return "\n".join(lines) + "\n"
 

@@ -236,11 +236,30 @@ def test_gsweep_markdown_lists_every_point(task, tmp_path):
     text = task.gsweep_markdown(task.gsweep_points(paths, plan))
     rows = [line for line in text.splitlines() if line.startswith("| forward")]
     assert rows == [
-        "| forward | 2 | harmless, helpful | 3 | +0.100 [+0.000, +0.200] | +0.300 [+0.200, +0.400] "
+        "| forward | 2 | harmless, helpful | 3 | – | +0.100 [+0.000, +0.200] | +0.300 [+0.200, +0.400] "
         "| +0.200 [+0.000, +0.200] | 0.60 |",
-        "| forward | 5 | harmless, helpful, truthful, non_offensive, concise | 3 | -0.400 [-0.500, -0.300] "
+        "| forward | 5 | harmless, helpful, truthful, non_offensive, concise | 3 | – | -0.400 [-0.500, -0.300] "
         "| -0.250 [-0.350, -0.150] | +0.150 [+0.000, +0.200] | 0.60 |"]
     assert text.startswith("# G-sweep")
+
+
+def test_reference_worst_case_per_subset_from_the_evaluation_rows(task, tmp_path):
+    paths = task.Paths(tmp_path)
+    assert task.reference_worst_case(paths, [["harmless"]], 2) == [None]  # no evaluation yet
+    paths.eval_dir.mkdir(parents=True)
+    normalization = {"reward_mean": {g: 0.0 for g in OBJECTIVES}, "reward_std": {g: 2.0 for g in OBJECTIVES}}
+    (paths.eval_dir / "summary.json").write_text(json.dumps({"reference_method": "reference",
+                                                             "normalization": normalization}))
+    rewards = [dict(zip(OBJECTIVES, [1.0, -1.0, 0.0, 2.0, 4.0])), dict(zip(OBJECTIVES, [-3.0, 1.0, 1.0, 1.0, 1.0])),
+               dict(zip(OBJECTIVES, [-9.0] * 5))]
+    rows = [{"prompt_id": i, "method": "reference", "rewards": r} for i, r in enumerate(rewards)]
+    rows.append({"prompt_id": 0, "method": "rmod_k8_b16_lam0.5", "rewards": dict(zip(OBJECTIVES, [-9.0] * 5))})
+    text = "".join(json.dumps(r) + "\n" for r in rows) + '{"prompt_id": 3, "meth'  # a partial last line
+    (paths.eval_dir / "results.jsonl").write_text(text)
+    # first 2 prompts: min z over {harmless, helpful} = -0.5, -1.5; over {truthful, non_offensive, concise} = 0, 0.5
+    assert task.reference_worst_case(paths, [["harmless", "helpful"], ["truthful", "non_offensive", "concise"]],
+                                     2) == [pytest.approx(-1.0), pytest.approx(0.25)]
+    assert task.reference_worst_case(paths, [["concise"]], None) == [pytest.approx((2.0 + 0.5 - 4.5) / 3)]
 
 
 def test_plot_gsweep_writes_a_png(task, tmp_path):
