@@ -14,10 +14,10 @@ mkdir -p "$WORK/dist"
     || { tail -30 "$WORK/build.log"; exit 1; }
 WHEEL=$(ls "$WORK"/dist/hf_rmod-*.whl)
 SDIST=$(ls "$WORK"/dist/hf_rmod-*.tar.gz)
-# Both archives must carry the shipped value head and reward model (safetensors + config + card).
+# Both archives must carry the shipped value models, value head and reward model (safetensors + config + card).
 WHEEL_FILES=$(unzip -Z1 "$WHEEL")
 SDIST_FILES=$(tar -tzf "$SDIST")
-for asset in value-head-smollm2 harmless-minilm-bt; do
+for asset in value-minilm-smollm2 value-minilm-truthfulqa value-head-smollm2 harmless-minilm-bt; do
     for f in config.json model.safetensors README.md; do
         grep -qx "hf_rmod/assets/$asset/$f" <<<"$WHEEL_FILES" || { echo "wheel lacks assets/$asset/$f"; exit 1; }
         grep -q "/hf_rmod/assets/$asset/$f\$" <<<"$SDIST_FILES" || { echo "sdist lacks assets/$asset/$f"; exit 1; }
