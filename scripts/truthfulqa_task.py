@@ -654,12 +654,13 @@ def reference_worst_case(paths: Paths, subsets: Sequence[Sequence[str]], num_pro
     method = summary.get("reference_method") or "reference"
     mean, std = summary["normalization"]["reward_mean"], summary["normalization"]["reward_std"]
     from hf_rmod.experiments.io import read_jsonl
+    from hf_rmod.metrics import worst_case_reward
 
     rows = [r for r in read_jsonl(rows_file)[0] if r["method"] == method  # an append log: a partial last line is
             and (num_prompts is None or r["prompt_id"] < num_prompts)]    # dropped (an evaluation may be running)
     if not rows:
         return [None] * len(subsets)
-    return [sum(min((r["rewards"][g] - mean[g]) / std[g] for g in subset) for r in rows) / len(rows)
+    return [worst_case_reward([[(r["rewards"][g] - mean[g]) / std[g] for g in subset] for r in rows])  # (n, G)
             for subset in subsets]
 
 
@@ -715,8 +716,7 @@ def gsweep_markdown(points: Sequence[dict]) -> str:
     """The G-sweep table (``gsweep.md``; docs/results.md includes it): per point the worst-case reward (z, 95% CI)
     of UNIFORM and RMOD, the paired RMOD − UNIFORM difference and RMOD's head-to-head worst-case win rate."""
 
-    def ci(value: float, interval: Sequence[float]) -> str:
-        return f"{value:+.3f} [{interval[0]:+.3f}, {interval[1]:+.3f}]"
+    from hf_rmod.experiments.summary import _ci_cell
 
     lines = ["# G-sweep: RMOD vs UNIFORM as the number of objectives grows", "",
              "Worst-case reward = mean over prompts of the minimum over the G objectives' z-scores; 95% bootstrap "
@@ -726,11 +726,11 @@ def gsweep_markdown(points: Sequence[dict]) -> str:
              "| order | G | objectives | prompts | reference | UNIFORM worst-case | RMOD worst-case "
              "| RMOD − UNIFORM (paired) | RMOD wins |", "|---|---|---|---|---|---|---|---|---|"]
     for p in points:
-        diff = "–" if p["difference"] is None else ci(p["difference"], p["difference_ci"])
         wins = "–" if p["win_rate"] is None else f"{p['win_rate']:.2f}"
         reference = "–" if p.get("reference") is None else f"{p['reference']:+.3f}"
+        cells = [_ci_cell(p[key], p[key + "_ci"], signed=True) for key in ("uniform", "rmod", "difference")]
         lines.append(f"| {p['order']} | {p['g']} | {', '.join(p['objectives'])} | {p['n_prompts']} | {reference} | "
-                     f"{ci(p['uniform'], p['uniform_ci'])} | {ci(p['rmod'], p['rmod_ci'])} | {diff} | {wins} |")
+                     + " | ".join(cells) + f" | {wins} |")
     return "\n".join(lines) + "\n"
 
 
@@ -744,9 +744,9 @@ def run_plot(paths: Paths, args: argparse.Namespace) -> None:
         raise SystemExit(f"error: no G-sweep summary under {paths.gsweep}; run `gsweep --run` first.")
     table = paths.gsweep / "gsweep.json"
     table.write_text(json.dumps(points, indent=1) + "\n", encoding="utf-8")
-    markdown = paths.gsweep / "gsweep.md"
-    markdown.write_text(gsweep_markdown(points), encoding="utf-8")
-    print(markdown.read_text(encoding="utf-8"))
+    markdown, text = paths.gsweep / "gsweep.md", gsweep_markdown(points)
+    markdown.write_text(text, encoding="utf-8")
+    print(text)
     output = plot_gsweep(points, Path(args.output))
     print(f"wrote {output}, {table} and {markdown}" + (f"; missing runs: {missing}" if missing else ""))
 
