@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Sequence, Union
 
 from ._hub import check_local_path
 from ._utils import check_unique_names
-from .solver import _LAM_HINT, METHODS, _positive_number
+from .solver._problem import _LAM_HINT, METHODS, _positive_number
 
 if TYPE_CHECKING:  # pragma: no cover
     from .modeling_value_head import MultiValueHead
