@@ -1,6 +1,7 @@
 """hf-rmod's answers to a new user's mistakes: one line on stderr, exit code 2, the flag the user typed;
 --debug / HF_RMOD_DEBUG=1 for the traceback; Ctrl-C says where the run stopped (exit 130); fast --help."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -87,7 +88,7 @@ def no_loading(monkeypatch):
 
     monkeypatch.setattr(hf_rmod.defaults, "load_default_policy", forbidden)
     monkeypatch.setattr(hf_rmod.experiments.records, "load_records", forbidden)
-    monkeypatch.setattr(cli, "_setup_torch", forbidden)
+    monkeypatch.setattr(cli._common, "_setup_torch", forbidden)
 
 
 def test_train_value_shared_head_without_policy_is_a_usage_error(no_loading, tmp_path, capsys):
@@ -118,7 +119,7 @@ def test_missing_local_policy_or_head_names_the_flag(flag, tmp_path, capsys, mon
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('"hi"\n', encoding="utf-8")
     argv = ["evaluate", "--prompts", str(prompts), "-o", str(tmp_path / "run"), flag, str(tmp_path / "nope")]
-    monkeypatch.setattr(cli, "_setup_torch", lambda *a: (_ for _ in ()).throw(AssertionError("loaded something")))
+    monkeypatch.setattr(cli._common, "_setup_torch", lambda *a: (_ for _ in ()).throw(AssertionError("loaded something")))
     code, _, err = run_main(argv, capsys)
     line = assert_one_line_error(code, err, "evaluate")
     assert "no such folder" in line and f"`{flag}`" in line
@@ -183,7 +184,7 @@ def test_internal_errors_keep_their_traceback(monkeypatch):
     def broken(*args):
         raise KeyError("a bug, not a user error")
 
-    monkeypatch.setattr(cli, "_run_demo", broken)
+    monkeypatch.setitem(cli.COMMANDS, "demo", dataclasses.replace(cli.COMMANDS["demo"], run=broken))
     with pytest.raises(KeyError):
         main(["demo"])
 
@@ -195,7 +196,7 @@ def test_out_of_memory_is_one_line(monkeypatch, capsys):
     def oom(*args):
         raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(cli, "_run_demo", oom)
+    monkeypatch.setitem(cli.COMMANDS, "demo", dataclasses.replace(cli.COMMANDS["demo"], run=oom))
     code, _, err = run_main(["demo"], capsys)
     assert "--batch-size" in assert_one_line_error(code, err, "demo")
 
@@ -223,7 +224,7 @@ def test_ctrl_c_says_where_the_run_stopped(command, argv, where, monkeypatch, ca
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, cli.COMMANDS[command].run, interrupted)
+    monkeypatch.setitem(cli.COMMANDS, command, dataclasses.replace(cli.COMMANDS[command], run=interrupted))
     code, _, err = run_main([command, *argv], capsys)
     assert code == 130
     assert "Traceback" not in err and "interrupted" in err and where in err

@@ -342,7 +342,7 @@ def test_cli_parsers_and_spec_errors(tmp_path, monkeypatch):
     parser = cli.build_parser()
     args = parser.parse_args(["sample", "--policy", "p", "--prompts", "x.jsonl", "--reward",
                               "good=test_training:good_fraction", "-n", "3", "-o", "out.jsonl"])
-    assert args.command == "sample" and args.num_responses == 3 and callable(getattr(cli, cli.COMMANDS[args.command].run))
+    assert args.command == "sample" and args.num_responses == 3 and callable(cli.COMMANDS[args.command].run)
     args = parser.parse_args(["train-value", "--records", "r.jsonl", "--policy", "p", "-o", "run", "--epochs", "2",
                               "--head-type", "mlp"])
     assert args.epochs == 2 and args.head_type == "mlp" and args.kind == "shared"
