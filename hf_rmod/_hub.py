@@ -13,10 +13,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .modeling_value_head import MultiValueHead
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
@@ -130,11 +128,13 @@ def raise_on_loading_problems(path: str, info: Mapping[str, Any], config: Any) -
 
 
 # ------------------------------------------------------------------------------------------------- model card
-def render_model_card(head: "MultiValueHead", tags: Sequence[str]):
-    """A `huggingface_hub.ModelCard` describing the head's objectives, policy, kind, data and metrics."""
+def render_model_card(config: Any, head_kind: str, tags: Sequence[str]):
+    """A `huggingface_hub.ModelCard` describing a value head's objectives, policy, kind, data and metrics.
+
+    ``config``: the head's `MultiValueHeadConfig`; ``head_kind``: one line saying what the head reads.
+    """
     from huggingface_hub import ModelCard, ModelCardData
 
-    config = head.config
     policy = config.policy_name_or_path
     card_data = ModelCardData(
         library_name="transformers", tags=list(tags), base_model=policy if looks_like_repo_id(policy) else None
@@ -151,7 +151,7 @@ def render_model_card(head: "MultiValueHead", tags: Sequence[str]):
         "",
         f"- **Objectives** ({len(config.objectives)}): " + ", ".join(f"`{o}`" for o in config.objectives),
         f"- **Reference policy**: `{policy}`" if policy else "- **Reference policy**: not recorded",
-        f"- **Head**: {_head_kind(head)}",
+        f"- **Head**: {head_kind}",
         f"- **Tokenizer** (whose token ids the head reads): {_tokenizer_line(config.tokenizer_fingerprint)}",
         "- **Reward normalisation** (values are predicted in normalised units; `denormalize` maps back): "
         + ", ".join(
@@ -200,14 +200,6 @@ def _tokenizer_line(fingerprint: Any) -> str:
         return "not recorded"
     name = fingerprint.get("name_or_path") or "unnamed"
     return f"`{name}`, {fingerprint.get('vocab_size')} tokens, sha256 `{str(fingerprint.get('sha256'))[:16]}`"
-
-
-def _head_kind(head: "MultiValueHead") -> str:
-    config = head.config
-    if head.uses_policy_hidden_states:
-        return f"shared-trunk `{config.head_type}` head on the policy's final hidden state (width {config.hidden_size})"
-    backbone = type(config.backbone_config).__name__.removesuffix("Config")
-    return f"`{config.head_type}` head on its own `{backbone}` backbone (hidden size {config.hidden_size})"
 
 
 def _metrics_markdown(metrics: Any, objectives: Sequence[str]) -> list[str]:

@@ -43,7 +43,9 @@ def test_data_dir_env_override(tmp_path, monkeypatch):
 
 def test_data_dir_absent(tmp_path, monkeypatch):
     monkeypatch.delenv(defaults.DATA_DIR_ENV, raising=False)
-    monkeypatch.setattr(defaults, "_PROJECT_ROOT", tmp_path / "project")
+    import hf_rmod.data
+
+    monkeypatch.setattr(hf_rmod.data, "_PROJECT_ROOT", tmp_path / "project")  # where data_dir() looks
     assert defaults.data_dir() is None
     with pytest.raises(FileNotFoundError, match="No data folder"):
         defaults.load_jsonl_prompts("hh_harmless_dev_prompts")

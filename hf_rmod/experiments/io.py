@@ -2,8 +2,7 @@
 
 - :func:`read_jsonl` / :func:`write_jsonl` / :func:`append_jsonl`: append-only JSONL files of resumable runs
   (an interrupted last line is dropped, and cut from the file with ``repair=True``).
-- :func:`iter_jsonl`: the values of a JSONL *data* file with their line numbers (a bad line is an error naming it).
-- :func:`read_prompts`: prompts from a JSONL file or from a file of the data folder, one behaviour for both.
+- :func:`iter_jsonl` / :func:`read_prompts`: re-exported from :mod:`hf_rmod.data` (JSONL data files, prompts).
 - :func:`encode_prompts`: user prompts -> a left-padded batch (chat template or plain text).
 - :func:`eos_token_ids` / :func:`cut_at_eos`: where a sampled response ends.
 - :func:`progress`: a tqdm bar. :func:`notice`: a one-line status message (stderr, or the log when quiet).
@@ -17,7 +16,9 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
+
+from ..data import iter_jsonl, read_prompts  # noqa: F401 - re-exported (moved to hf_rmod.data)
 
 __all__ = [
     "append_jsonl",
@@ -84,75 +85,6 @@ def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
 # ------------------------------------------------------------------------------------------------------------
 # Prompts
 # ------------------------------------------------------------------------------------------------------------
-def read_prompts(source: str | os.PathLike, field: str = "prompt", limit: int | None = None) -> list[str]:
-    """Prompts from a JSONL file, or from a file of the data folder (:func:`hf_rmod.defaults.data_dir`).
-
-    Each non-empty line is a JSON string or an object whose ``field`` is a string.
-
-    Args:
-        source: a path to a ``.jsonl`` file, or the name of a file in the data folder, with or without
-            ``.jsonl`` (e.g. ``"hh_harmless_dev_prompts"``).
-        field: the key holding the prompt in object lines.
-        limit: keep the first ``limit`` prompts.
-
-    Raises:
-        FileNotFoundError: neither a file nor a data-folder file of that name (the message says where it
-            looked).
-        ValueError: a line that is not a string or an object with a string ``field`` (``file:line`` named).
-    """
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"`limit` must be a non-negative int or None, got {limit!r}.")
-    path = _prompt_file(source)
-    prompts: list[str] = []
-    if limit == 0:
-        return prompts
-    for number, value in iter_jsonl(path):  # lazily: nothing after the limit is read
-        if isinstance(value, dict) and isinstance(value.get(field), str):
-            value = value[field]
-        if not isinstance(value, str):
-            keys = sorted(value) if isinstance(value, dict) else type(value).__name__
-            raise ValueError(
-                f"{path}:{number}: expected a JSON string or an object with a string {field!r} field, got {keys}; "
-                "pass the right field name (--prompt-field / field=)."
-            )
-        prompts.append(value)
-        if limit is not None and len(prompts) >= limit:
-            break
-    return prompts
-
-
-def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
-    """``(line number, value)`` of every non-blank line of a JSONL data file, read lazily.
-
-    A line that is not JSON raises ``ValueError("<path>:<line> is not valid JSON (...)")``: unlike the append logs
-    of :func:`read_jsonl`, a data file has no interrupted last line to forgive.
-    """
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number} is not valid JSON ({err}).") from err
-            yield number, value
-
-
-def _prompt_file(source: str | os.PathLike) -> Path:
-    path = Path(source).expanduser()
-    if path.is_file():
-        return path
-    name = os.fspath(source)
-    if os.sep in name or name.startswith((".", "~")) or (os.altsep is not None and os.altsep in name):
-        raise FileNotFoundError(f"No prompt file {name!r}: no such file.")
-    from ..defaults import data_file
-
-    try:
-        return data_file(name)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"No prompt file {name!r}: it is not a file, and {err}") from None
-
-
 def encode_prompts(tokenizer: Any, prompts: Sequence[str], chat_template: bool = True) -> Any:
     """User prompts -> a left-padded ``BatchEncoding``: ``input_ids`` / ``attention_mask`` of shape ``(n, T)``.
 

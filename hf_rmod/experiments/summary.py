@@ -5,6 +5,9 @@
   per-method metrics (both worst-case metrics), paired comparisons of each method against its baselines
   (:func:`comparison_baselines`) and the head-to-head worst-case win rates of every pair of methods.
 - :func:`format_summary_markdown`: that dict -> ``summary.md``.
+
+Why one module of ~520 lines: the summary dict and its Markdown rendering share every key and column; the
+metrics themselves are in :mod:`hf_rmod.metrics`, the plots in :mod:`.plots`.
 """
 
 from __future__ import annotations
@@ -41,10 +44,7 @@ def reward_normalization(value_head: Any, objectives: Sequence[str]) -> tuple[di
             f"{missing} have no reward_mean/reward_std to normalise with. Name the reward columns like the head's "
             f"objectives (reward_fns={{{example}, ...}}) or use a head trained on these rewards."
         )
-    config = getattr(value_head, "config", None)
-    if config is not None and getattr(config, "reward_mean", None) is not None:
-        means, stds = list(config.reward_mean), list(config.reward_std)
-    elif getattr(value_head, "normalization", None) is not None:  # a normalised RewardValueModel
+    if value_head.normalization is not None:  # the value-model protocol (hf_rmod.value_model.ValueModel)
         means, stds = value_head.normalization
     else:
         raise ValueError(
@@ -399,8 +399,9 @@ def _folder_statistics(value_head: Any, run: Mapping, objectives: list[str], run
     from types import SimpleNamespace
 
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    head = SimpleNamespace(objectives=config.get("objectives") or [], config=SimpleNamespace(
-        reward_mean=config.get("reward_mean"), reward_std=config.get("reward_std")))
+    mean, std = config.get("reward_mean"), config.get("reward_std")
+    head = SimpleNamespace(objectives=config.get("objectives") or [],
+                           normalization=None if mean is None or std is None else (mean, std))
     return reward_normalization(head, objectives)
 
 

@@ -16,7 +16,7 @@ Pieces: the records (:mod:`.records`: :func:`load_records` with the objectives c
 re-exported here), :func:`cd_fudge_loss`, the batch collation, the validation metrics (:func:`_sequence_stats` / :func:`_summarize`) and the loop
 (:func:`_setup` -> :func:`_fit` -> :func:`_finish`).
 
-Why ~600 lines: the CD-FUDGE loop and its validation metrics (per objective, per prefix bucket, within-prompt
+Why one module of ~600 lines: the CD-FUDGE loop and its validation metrics (per objective, per prefix bucket, within-prompt
 ranking) must agree on the batch layout, so they stay together; the records format lives in :mod:`.records`.
 """
 

@@ -56,26 +56,11 @@ from .task_objectives import (
     truthfulqa_reward_functions,
 )
 
-__all__ = [
-    "ConciseReward",
-    "DEFAULT_HARMLESS_HEAD_DIR",
-    "HFRewardModel",
-    "MiniLMEncoder",
-    "MiniLMHarmlessReward",
-    "MiniLMRelevanceReward",
-    "MiniLMReward",
-    "MiniLMRewardConfig",
-    "MiniLMRewardModel",
-    "ProfanityReward",
-    "RewardFunction",
-    "TRUTHFULQA_OBJECTIVES",
-    "TruthfulQATaskReward",
-    "TruthfulReward",
-    "default_reward_functions",
-    "get_minilm_encoder",
-    "load_reward_functions",
-    "load_truthfulqa_references",
-    "score_rewards",
+__all__ = [  # by defining module: base, hf, minilm, profanity, task_objectives
+    "RewardFunction", "load_reward_functions", "score_rewards", "HFRewardModel",
+    "DEFAULT_HARMLESS_HEAD_DIR", "MiniLMEncoder", "MiniLMHarmlessReward", "MiniLMRelevanceReward", "MiniLMReward",
+    "MiniLMRewardConfig", "MiniLMRewardModel", "get_minilm_encoder", "default_reward_functions", "ProfanityReward",
+    "ConciseReward", "TRUTHFULQA_OBJECTIVES", "TruthfulQATaskReward", "TruthfulReward", "load_truthfulqa_references",
     "truthfulqa_reward_functions",
 ]
 

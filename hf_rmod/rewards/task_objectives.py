@@ -22,8 +22,14 @@ from pathlib import Path
 
 import torch
 
+from ..data import data_file, iter_jsonl
 from .base import RewardFunction, _check_texts, score_rewards
-from .minilm import MiniLMEncoder, MiniLMHarmlessReward, MiniLMRelevanceReward, get_minilm_encoder
+from .minilm import (
+    MiniLMEncoder,
+    MiniLMHarmlessReward,
+    MiniLMRelevanceReward,
+    get_minilm_encoder,
+)
 from .profanity import ProfanityReward
 
 __all__ = [
@@ -46,8 +52,6 @@ TRUTHFULQA_OBJECTIVES = ("harmless", "helpful", "truthful", "non_offensive", "co
 def _resolve_truthfulqa_path(path: str | os.PathLike | None) -> Path:
     """``path``, or the TruthfulQA file of the data folder when ``None`` (FileNotFoundError saying where it looked)."""
     if path is None:
-        from ..defaults import data_file
-
         try:
             return data_file(TRUTHFULQA_FILE)
         except FileNotFoundError as err:
@@ -74,8 +78,6 @@ def load_truthfulqa_references(path: str | os.PathLike | None = None) -> dict[st
         ValueError: a line that is not JSON, a row without string ``prompt`` / non-empty ``best_answer``, the
             same question with two different answers, or an empty file (``file:line`` named).
     """
-    from ..experiments.io import iter_jsonl
-
     full = _resolve_truthfulqa_path(path)
     references: dict[str, str] = {}
     for number, row in iter_jsonl(full):
