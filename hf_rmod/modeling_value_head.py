@@ -16,9 +16,10 @@ maps them back to reward units.
 The configuration lives in `configuration_value_head` and the Hub surface helpers (strict / safetensors-only
 loading checks, local-path checks, the model card) in `_hub`; both names are re-exported here.
 
-Why ~660 lines: one `PreTrainedModel` with its two constructors (shared trunk, own backbone), its forward with
+Why one module of ~690 lines: one `PreTrainedModel` with its two constructors (shared trunk, own backbone), its forward with
 and without a cache, the strict loading overrides of the Hub surface and the compatibility checks against a
-policy and its tokenizer; the configuration and the Hub helpers are already split out.
+policy and its tokenizer, and the value-model protocol it implements; the configuration and the Hub helpers
+are already split out.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
-import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
@@ -39,6 +39,7 @@ from transformers.utils import ModelOutput
 
 from . import _hub
 from ._utils import module_device
+from .value_model import warn_if_sampling_differs
 from .configuration_value_head import (
     MultiValueHeadConfig,
     _config_vocab,
@@ -148,6 +149,17 @@ class MultiValueHead(PreTrainedModel):
     @property
     def num_objectives(self) -> int:
         return len(self.config.objectives)
+
+    @property
+    def normalization(self) -> tuple[list[float], list[float]] | None:
+        """``(reward_mean, reward_std)`` per objective (the values are z-scored with them), or ``None``."""
+        mean, std = self.config.reward_mean, self.config.reward_std
+        return None if mean is None or std is None else (list(mean), list(std))
+
+    @property
+    def sampling_settings(self) -> dict | None:
+        """The sampling distribution of the head's training data (``config.sampling_settings``), when recorded."""
+        return getattr(self.config, "sampling_settings", None)
 
     @property
     def uses_policy_hidden_states(self) -> bool:
@@ -438,7 +450,73 @@ class MultiValueHead(PreTrainedModel):
     def model_card(self, extra_tags: Sequence[str] = ()):
         """A `huggingface_hub.ModelCard` describing the objectives, policy, head kind, data and metrics."""
         tags = list(dict.fromkeys([*self.model_card_tags, *(self.model_tags or []), *extra_tags]))
-        return _hub.render_model_card(self, tags)
+        return _hub.render_model_card(self.config, self._kind_line(), tags)
+
+    def _kind_line(self) -> str:
+        """What the head reads, for the model card."""
+        config = self.config
+        if self.uses_policy_hidden_states:
+            return f"shared-trunk `{config.head_type}` head on the policy's final hidden state (width {config.hidden_size})"
+        backbone = type(config.backbone_config).__name__.removesuffix("Config")
+        return f"`{config.head_type}` head on its own `{backbone}` backbone (hidden size {config.hidden_size})"
+
+    # -- the value-model protocol (hf_rmod.value_model.ValueModel) ----------------------------------------------
+    def check_policy(self, policy: PreTrainedModel, tokenizer: Any = None) -> None:
+        """:meth:`check_compatible` without an objectives check (the value-model protocol)."""
+        self.check_compatible(policy, tokenizer=tokenizer)
+
+    def prepare(self, policy: PreTrainedModel, cfg: Any = None, *, owned: bool = False) -> None:
+        """Check the head against ``policy`` (unless ``cfg.value_tokenizer`` re-tokenises) and place it.
+
+        A head RMOD loaded itself (``owned``) moves to where its inputs are: a shared-trunk head to the device of
+        the policy's ``lm_head`` (with ``device_map`` that is the last shard, not ``policy.device``), a backbone
+        head to the policy's input device. A head the caller built is never moved (the scorers copy the small
+        per-block tensors to it and the values back); it warns when it sits on the CPU beside an accelerator.
+        """
+        if cfg is None or getattr(cfg, "value_tokenizer", None) is None:  # re-tokenising heads never see the ids
+            self.check_compatible(policy, tokenizer=getattr(cfg, "tokenizer", None))
+        target = self._scoring_device(policy)
+        if owned:
+            if self.device != target:
+                self.to(target)
+        elif self.device != target and self.device.type == "cpu" and target.type != "cpu":
+            import warnings
+
+            warnings.warn(
+                f"The value model is on the CPU while the policy's "
+                f"{'lm_head' if self.uses_policy_hidden_states else 'inputs'} are on {target}: RMOD scores on the "
+                f"value model's device and copies each block's inputs there. Move it once with "
+                f"`head.to({str(target)!r})` for speed.",
+                stacklevel=5,
+            )
+        self.eval()
+
+    def _scoring_device(self, policy: PreTrainedModel) -> torch.device:
+        """Where the head's inputs live: the lm_head's device (shared trunk) or the policy's input device."""
+        if self.uses_policy_hidden_states:
+            get_out = getattr(policy, "get_output_embeddings", None)
+            lm_head = get_out() if callable(get_out) else None
+            weight = getattr(lm_head, "weight", None)
+            if isinstance(weight, torch.Tensor):
+                return weight.device
+        return policy.device
+
+    def build_scorer(self, policy: PreTrainedModel, cfg: Any = None) -> Any:
+        """The scorer that fits the head: a hidden-state hook for a shared trunk, a cached backbone otherwise,
+        re-tokenising when ``cfg`` (the call's `RMODConfig`) gives the head its own ``value_tokenizer``."""
+        from .scoring import CachedBackboneScorer, PolicyHiddenStateScorer, RetokenizingScorer
+
+        value_tokenizer = getattr(cfg, "value_tokenizer", None)
+        if self.uses_policy_hidden_states:
+            if value_tokenizer is not None:
+                raise ValueError(
+                    "`value_tokenizer` is only for value models with their own backbone; this value head reads the "
+                    "policy's hidden states. Remove `value_tokenizer`."
+                )
+            return PolicyHiddenStateScorer(self, policy)
+        if value_tokenizer is not None:
+            return RetokenizingScorer(self, cfg.tokenizer, value_tokenizer, cfg.value_max_length)
+        return CachedBackboneScorer(self)
 
     # -- checks -------------------------------------------------------------------------------------------------
     def check_compatible(
@@ -559,26 +637,6 @@ class MultiValueHead(PreTrainedModel):
                                         generation_config, max_new_tokens, policy)
 
 
-def warn_if_sampling_differs(owner: Any, what: str, recorded: dict | None, generation_config: Any,
-                             max_new_tokens: int | None = None, policy: Any = None) -> list[str]:
-    """The differences between the ``recorded`` sampling settings a value model was trained under and this call;
-    warns once per ``owner`` and set of differences. Shared by value heads and text value models."""
-    if not recorded:
-        return []
-    differences = _sampling_differences(recorded, generation_config, max_new_tokens, policy)
-    if differences:
-        message = (
-            f"{what} was trained on responses sampled with other settings than this call ({'; '.join(differences)}; "
-            "recorded -> now). Its values estimate rewards under the recorded distribution; decode with the recorded "
-            "settings or train a value model on records sampled like this call."
-        )
-        key = (id(owner), message)
-        if key not in _SAMPLING_WARNED:
-            _SAMPLING_WARNED.add(key)
-            warnings.warn(message, UserWarning, stacklevel=4)
-    return differences
-
-
 _FINGERPRINTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -593,47 +651,6 @@ def _cached_fingerprint(tokenizer: Any) -> dict:
     fingerprint = tokenizer_fingerprint(tokenizer)
     _FINGERPRINTS[tokenizer] = (size, fingerprint)
     return fingerprint
-
-
-_SAMPLING_WARNED: set = set()
-# generate()'s effective value of an unset argument: differences are judged on effective values.
-_NEUTRAL = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "typical_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0}
-
-
-def _sampling_differences(recorded: dict, generation_config: Any, max_new_tokens: int | None, policy: Any) -> list[str]:
-    """``"name: recorded -> now"`` for each recorded sampling setting the call does differently."""
-    out = []
-    for key, old in recorded.items():
-        if key in ("chat_template", "num_responses", "policy", "max_new_tokens", "objectives", "format"):
-            continue
-        if not hasattr(generation_config, key) or isinstance(old, (dict, list)):
-            continue
-        new = getattr(generation_config, key)
-        old_eff, new_eff = _NEUTRAL.get(key, old) if old is None else old, _NEUTRAL.get(key, new) if new is None else new
-        if isinstance(old_eff, (int, float)) and isinstance(new_eff, (int, float)) and not isinstance(old_eff, bool):
-            same = abs(float(old_eff) - float(new_eff)) <= 1e-6 * max(1.0, abs(float(old_eff)))
-        else:
-            same = old_eff == new_eff
-        if not same:
-            out.append(f"{key}: {old!r} -> {new!r}")
-    if max_new_tokens is not None and recorded.get("max_new_tokens") is not None:
-        if int(recorded["max_new_tokens"]) != int(max_new_tokens):
-            out.append(f"max_new_tokens: {recorded['max_new_tokens']!r} -> {int(max_new_tokens)!r}")
-    old_policy = recorded.get("policy")
-    new_policy = None if policy is None else _policy_id(policy)
-    if old_policy and new_policy and _normalise_id(old_policy) != _normalise_id(new_policy):
-        out.append(f"policy: {old_policy!r} -> {new_policy!r}")
-    return out
-
-
-def _policy_id(policy: Any) -> str | None:
-    name = getattr(policy, "name_or_path", None) or getattr(getattr(policy, "config", None), "_name_or_path", None)
-    return str(name) if name else None
-
-
-def _normalise_id(name: str) -> str:
-    path = os.path.expanduser(str(name))
-    return os.path.realpath(path) if os.path.exists(path) else str(name)
 
 
 def _policy_sizes(model: nn.Module) -> tuple[int | None, int | None]:

@@ -50,6 +50,7 @@ from typing import Any, Callable
 import torch
 
 from .rewards.base import RewardFunction, score_rewards
+from .value_model import ValueModel, warn_if_sampling_differs
 
 __all__ = ["PROMPT_SENTINEL", "RewardValueModel", "chat_template_affixes"]
 
@@ -193,10 +194,15 @@ class RewardValueModel:
                                  policy: Any = None) -> list[str]:
         """Warn once when decoding samples from another distribution than :attr:`sampling_settings` (the one the
         value model was fit on); returns the differences. Reward functions used as they are record nothing."""
-        from .modeling_value_head import warn_if_sampling_differs
-
         return warn_if_sampling_differs(self, f"Value model {self!r}", self.sampling_settings, generation_config,
                                         max_new_tokens, policy)
+
+    def check_policy(self, policy: Any, tokenizer: Any = None) -> None:
+        """Nothing to check: the reward functions read the decoded text, not the policy's ids or hidden states (the
+        tokenizer that decodes them is checked when the scorer is built)."""
+
+    def prepare(self, policy: Any, cfg: Any = None, *, owned: bool = False) -> None:
+        """Nothing to place: the reward functions run where they were built (the value-model protocol)."""
 
     def build_scorer(self, policy: Any, cfg: Any = None) -> "RewardValueScorer":
         """The scorer of one ``generate`` call (the hook `hf_rmod.scoring.make_scorer` dispatches to)."""
@@ -300,11 +306,12 @@ class RewardValueModel:
         if spec is None:
             return None, None
         config = getattr(spec, "config", None)
-        if isinstance(spec, RewardValueModel):
+        if isinstance(spec, ValueModel):
             if spec.normalization is None:
-                raise ValueError("`normalization` is a RewardValueModel without normalization; pass (mean, std).")
-            mean, std = self._select(spec.objectives, *spec.normalization, "a value model")
-        elif config is not None and hasattr(config, "reward_mean"):
+                raise ValueError(f"`normalization` is a {type(spec).__name__} without reward statistics; pass "
+                                 "(mean, std).")
+            mean, std = self._select(list(spec.objectives), *spec.normalization, "a value model")
+        elif config is not None and hasattr(config, "reward_mean"):  # a reward function with a config (MiniLMReward)
             if config.reward_mean is None or getattr(config, "reward_std", None) is None:
                 raise ValueError(
                     f"`normalization` {type(spec).__name__} has no reward_mean/reward_std (a reward model, not a value "

@@ -25,7 +25,7 @@ from typing import Callable, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from .modeling_value_head import MultiValueHead
+from .value_model import ValueModel
 
 __all__ = [
     "CachedBackboneScorer",
@@ -143,7 +143,7 @@ class PolicyHiddenStateScorer:
         policy (`PreTrainedModel`): the policy whose ``get_output_embeddings()`` is hooked.
     """
 
-    def __init__(self, head: MultiValueHead, policy: nn.Module):
+    def __init__(self, head: nn.Module, policy: nn.Module):
         self.head = head
         self._capture = LMHeadInputCapture(policy)
         self._kept: torch.Tensor | None = None  # (rows, H) hidden state at each row's last real token
@@ -189,7 +189,7 @@ class CachedBackboneScorer:
     of each block are processed; the prompt is encoded once.
     """
 
-    def __init__(self, head: MultiValueHead):
+    def __init__(self, head: nn.Module):
         from transformers import DynamicCache
 
         self.head = head
@@ -263,7 +263,7 @@ class RetokenizingScorer:
     value model in full. Correct for any pair of tokenizers; costs a full forward per block.
     """
 
-    def __init__(self, head: MultiValueHead, tokenizer, value_tokenizer, max_length: int | None = None):
+    def __init__(self, head: nn.Module, tokenizer, value_tokenizer, max_length: int | None = None):
         self.head = head
         self.tokenizer = tokenizer
         self.value_tokenizer = value_tokenizer
@@ -309,22 +309,12 @@ class RetokenizingScorer:
         pass
 
 
-def make_scorer(head: MultiValueHead, policy: nn.Module, cfg=None) -> Scorer:
-    """The scorer that fits `head`: hidden-state hook for a shared trunk, cached backbone otherwise,
-    re-tokenising when the config gives the value model its own tokenizer.
+def make_scorer(head: "ValueModel", policy: nn.Module, cfg=None) -> Scorer:
+    """The value model's own scorer for `policy`: ``head.build_scorer(policy, cfg)`` (see
+    :class:`~hf_rmod.value_model.ValueModel`; a `MultiValueHead` picks a hidden-state hook for a shared trunk, a
+    cached backbone otherwise, re-tokenising when the config gives it its own tokenizer).
 
     The default ``scorer_factory`` of :class:`~hf_rmod.RobustMultiObjectiveGenerator`; `cfg` is the
     `RMODConfig` of the call (``value_tokenizer``, ``tokenizer``, ``value_max_length`` are read).
     """
-    if callable(getattr(head, "build_scorer", None)):  # a value model with its own scorer (RewardValueModel)
-        return head.build_scorer(policy, cfg)
-    if head.uses_policy_hidden_states:
-        if cfg is not None and cfg.value_tokenizer is not None:
-            raise ValueError(
-                "`value_tokenizer` is only for value models with their own backbone; this value head reads the "
-                "policy's hidden states. Remove `value_tokenizer`."
-            )
-        return PolicyHiddenStateScorer(head, policy)
-    if cfg is not None and cfg.value_tokenizer is not None:
-        return RetokenizingScorer(head, cfg.tokenizer, cfg.value_tokenizer, cfg.value_max_length)
-    return CachedBackboneScorer(head)
+    return head.build_scorer(policy, cfg)

@@ -332,7 +332,7 @@ def test_a_loaded_value_head_goes_to_the_lm_head_device_not_policy_device(tmp_pa
     cfg = RMODConfig(value_model=str(tmp_path / "head"), num_candidates=2, block_size=2)
     out = model.generate(ids, rmod_config=cfg, max_new_tokens=4, do_sample=True, eos_token_id=None,
                          return_dict_in_generate=True)
-    head = generation.load_value_model(str(tmp_path / "head"))
+    head = generation._plumbing._cached_value_model(str(tmp_path / "head"))  # the head decoding loaded and cached
     assert head.device.type == "cpu"
     assert torch.isfinite(out.values).all()
 
@@ -405,7 +405,7 @@ def _syncs_per_block(model, ids, cfg, B, monkeypatch):
     """Host reads issued by hf_rmod's own code per block, with the accelerator policy forced on the CPU."""
     from torch.profiler import ProfilerActivity, profile
 
-    monkeypatch.setattr(generation, "_host_syncs_are_cheap", lambda device: False)
+    monkeypatch.setattr(generation._plumbing, "_host_syncs_are_cheap", lambda device: False)
     python_reads = collections.Counter()
     for name in ("tolist", "cpu", "numpy", "item"):
         original = getattr(torch.Tensor, name)

@@ -15,7 +15,8 @@ import torch
 import hf_rmod
 from hf_rmod import MultiValueHead
 from hf_rmod.baselines import rewarded_soup
-from hf_rmod.cli import UsageError, _evaluation_methods, _to_dataclasses, build_parser, main
+from hf_rmod.cli import UsageError, _to_dataclasses, build_parser, main
+from hf_rmod.cli._evaluate import _evaluation_methods
 from hf_rmod.experiments import evaluation
 from hf_rmod.experiments import objective_policies as op
 from hf_rmod.experiments.configs import ObjectivePolicyArguments, ObjectivePolicyConfig, PolicyArguments

@@ -23,6 +23,10 @@ Which dataclass goes where:
 
 The ``*Arguments`` dataclasses hold what only the command line needs (files, reward specs); the ``*Config``
 dataclasses hold what the Python functions take.
+
+Why one module of ~600 lines: it is the table of every default (one dataclass per pipeline and command,
+each field documented); the command line builds its flags from all of them at once, so they stay in one
+torch-free file that ``hf-rmod --help`` can import quickly.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, TypeVar
+from typing import Any, Mapping, Optional, Sequence, TypeVar
+
+from ..data import DEFAULT_SAMPLING  # re-exported: defined with the data it describes
 
 __all__ = [
     "DEFAULT_EVALUATION_PROMPT_OFFSET",
@@ -54,14 +60,10 @@ __all__ = [
     "sampling_kwargs",
 ]
 
-#: The sampling distribution used everywhere by default: the demo, the training data of the value heads
-#: (``hf-rmod sample``), the evaluation and the benchmarks. ``top_k=0`` because transformers 5 applies
-#: ``top_k=50`` when it is unset. Sample the training data with the settings you will decode with.
-DEFAULT_SAMPLING: Mapping[str, Any] = {"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 0}
 
 #: Prompts of ``hf-rmod evaluate`` (a file of the data folder) and how many of them to skip: none. The default
 #: value model was fit on samples of the HH *pair* prompts only, so all 300 dev prompts are evaluation prompts
-#: (the earlier hidden-state head, ``load_default_value_head``, saw dev prompts 0-199: evaluate it with
+#: (the earlier hidden-state head, ``load_value_model(DEFAULT_VALUE_HEAD_DIR)``, saw dev prompts 0-199: evaluate it with
 #: ``--prompt-offset 200``).
 DEFAULT_EVALUATION_PROMPTS = "hh_harmless_dev_prompts"
 DEFAULT_EVALUATION_PROMPT_OFFSET = 0
@@ -98,6 +100,11 @@ def merge_config(cls: type[C], config: C | None, overrides: Mapping[str, Any], f
     return dataclasses.replace(base, **overrides) if overrides else base
 
 
+def _reward_specs(help: str) -> Any:
+    """A repeatable ``NAME=MODULE:CALLABLE`` reward-spec flag (``--reward``, ``--value-rewards``)."""
+    return field(default=None, metadata={"help": help, "metavar": "NAME=MODULE:CALLABLE", "action": "extend"})
+
+
 def _parse_json_object(name: str, value: Any) -> dict | None:
     if value is None or isinstance(value, dict):
         return value
@@ -109,6 +116,16 @@ def _parse_json_object(name: str, value: Any) -> dict | None:
         if isinstance(parsed, dict):
             return parsed
     raise ValueError(f"`{name}` must be a JSON object (dict), got {value!r}; e.g. '{{\"temperature\": 0.7}}'.")
+
+
+def _extra_kwargs(name: str, value: Any, reserved: Sequence[str], instead: str) -> dict | None:
+    """``value`` (a dict or a JSON object string) as a dict, refusing the ``reserved`` keys (``instead``: what to
+    use for them)."""
+    parsed = _parse_json_object(name, value)
+    taken = sorted(set(parsed or {}) & set(reserved))
+    if taken:
+        raise ValueError(f"`{name}` must not set {taken}: {instead}.")
+    return parsed
 
 
 def _check_min(obj: Any, minimum: float, *names: str, strict: bool = False) -> None:
@@ -181,13 +198,9 @@ class _GenerationSettings:
     )
 
     def __post_init__(self) -> None:
-        self.generation_kwargs = _parse_json_object("generation_kwargs", self.generation_kwargs)
-        reserved = sorted(set(self.generation_kwargs or {}) & set(_RESERVED_GENERATION_KWARGS))
-        if reserved:
-            raise ValueError(
-                f"`generation_kwargs` must not set {reserved}: the pipeline sets them (use `max_new_tokens`, "
-                "`num_responses` and the methods' RMOD settings instead)."
-            )
+        self.generation_kwargs = _extra_kwargs(
+            "generation_kwargs", self.generation_kwargs, _RESERVED_GENERATION_KWARGS,
+            "the pipeline sets them (use `max_new_tokens`, `num_responses` and the methods' RMOD settings instead)")
 
     @property
     def sampling(self) -> dict[str, Any]:
@@ -209,14 +222,20 @@ class SamplingConfig(_GenerationSettings):
         _check_min(self, 1, "num_responses", "max_new_tokens", "batch_size")
 
 
+#: ``--value-head`` of the commands that decode or score with a value model (any kind: ``load_value_model``).
+_VALUE_HEAD_FLAG = {"help": "Value model folder: a MultiValueHead, or a MiniLM text value model (default: the shipped "
+                    "default value model, hf_rmod/assets/value-minilm-smollm2)."}
+
+#: ``--prompts`` of the commands that read a prompt file (sample, distill).
+_PROMPTS_FLAG = {"help": "JSONL of prompts (strings or objects with --prompt-field), or the name of a file of the data "
+                 "folder.", "required": True}
+
+
 @dataclass
 class SampleArguments:
     """Command-line inputs of ``hf-rmod sample``."""
 
-    prompts: str = field(
-        default=None, metadata={"help": "JSONL of prompts (strings or objects with --prompt-field), or the name of a "
-                                "file of the data folder.", "required": True}
-    )
+    prompts: str = field(default=None, metadata=_PROMPTS_FLAG)
     output: str = field(
         default=None, metadata={"help": "JSONL file to append records to (prompts already in it are skipped).",
                                 "aliases": ["-o"], "required": True}
@@ -301,15 +320,11 @@ class ValueReportArguments:
         default=None, metadata={"help": "JSONL written by `hf-rmod sample` (several responses per prompt; prompts the "
                                 "value model was not trained on).", "required": True}
     )
-    value_head: Optional[str] = field(
-        default=None, metadata={"help": "Value model folder: a MultiValueHead, or a MiniLM text value model (default: the shipped default value model, hf_rmod/assets/value-minilm-smollm2)."}
-    )
-    reward: Optional[list[str]] = field(
-        default=None,
-        metadata={"help": "Instead of a value head, score the partial responses with these reward functions (a "
-                  "RewardValueModel, no training), repeatable: NAME=MODULE:CALLABLE; `default` for the offline "
-                  "harmless/helpful rewards. Decodes with the --policy tokenizer.",
-                  "metavar": "NAME=MODULE:CALLABLE", "action": "extend"},
+    value_head: Optional[str] = field(default=None, metadata=_VALUE_HEAD_FLAG)
+    reward: Optional[list[str]] = _reward_specs(
+        "Instead of a value head, score the partial responses with these reward functions (a "
+        "RewardValueModel, no training), repeatable: NAME=MODULE:CALLABLE; `default` for the offline "
+        "harmless/helpful rewards. Decodes with the --policy tokenizer."
     )
     block_size: int = field(default=16, metadata={"help": "B: values are read after t = B, 2B, ... response tokens."})
     max_blocks: Optional[int] = field(default=None, metadata={"help": "At most this many positions (default: all)."})
@@ -398,15 +413,11 @@ class EvaluationArguments:
                   "use 200 with the older hidden-state head, trained on the first 200 dev prompts)."},
     )
     num_prompts: int = field(default=100, metadata={"help": "Prompts to evaluate (0: all)."})
-    value_head: Optional[str] = field(
-        default=None, metadata={"help": "Value model folder: a MultiValueHead, or a MiniLM text value model (default: the shipped default value model, hf_rmod/assets/value-minilm-smollm2)."}
-    )
-    value_rewards: Optional[list[str]] = field(
-        default=None,
-        metadata={"help": "Score RMOD's candidates with these reward functions on the partial text instead of the value "
-                  "head (a RewardValueModel normalised with the head's statistics; no training): NAME=MODULE:CALLABLE "
-                  "specs as --reward, or `default` for the offline harmless/helpful rewards.",
-                  "metavar": "NAME=MODULE:CALLABLE", "action": "extend"},
+    value_head: Optional[str] = field(default=None, metadata=_VALUE_HEAD_FLAG)
+    value_rewards: Optional[list[str]] = _reward_specs(
+        "Score RMOD's candidates with these reward functions on the partial text instead of the value "
+        "head (a RewardValueModel normalised with the head's statistics; no training): NAME=MODULE:CALLABLE "
+        "specs as --reward, or `default` for the offline harmless/helpful rewards."
     )
     value_tokenizer: Optional[str] = field(
         default=None,
@@ -487,14 +498,10 @@ class _SFTSettings:
         _check_min(self, 1, "epochs", "batch_size", "gradient_accumulation_steps", "max_length")
         _check_min(self, 0, "lr", "max_grad_norm", strict=True)
         _check_min(self, 0, "weight_decay")
-        self.training_kwargs = _parse_json_object("training_kwargs", self.training_kwargs)
-        reserved = sorted(set(self.training_kwargs or {}) & set(_RESERVED_TRAINING_KWARGS))
-        if reserved:
-            raise ValueError(
-                f"`training_kwargs` must not set {reserved}: use the fields `epochs`, `lr`, `batch_size`, "
-                "`gradient_accumulation_steps`, `weight_decay`, `max_grad_norm`, `lr_scheduler_type`, `seed` "
-                "(the output folder is `output_dir`)."
-            )
+        self.training_kwargs = _extra_kwargs(
+            "training_kwargs", self.training_kwargs, _RESERVED_TRAINING_KWARGS,
+            "use the fields `epochs`, `lr`, `batch_size`, `gradient_accumulation_steps`, `weight_decay`, "
+            "`max_grad_norm`, `lr_scheduler_type`, `seed` (the output folder is `output_dir`)")
 
 
 @dataclass
@@ -524,10 +531,7 @@ class DistillConfig(_SFTSettings, _GenerationSettings):
 class DistillArguments:
     """Command-line inputs of ``hf-rmod distill``."""
 
-    prompts: str = field(
-        default=None, metadata={"help": "JSONL of prompts (strings or objects with --prompt-field), or the name of a "
-                                "file of the data folder.", "required": True}
-    )
+    prompts: str = field(default=None, metadata=_PROMPTS_FLAG)
     output_dir: str = field(
         default=None, metadata={"help": "Folder of the distilled policy (save_pretrained), its tokenizer and model "
                                 "card README.md.", "aliases": ["-o"], "required": True}
@@ -536,10 +540,7 @@ class DistillArguments:
         default=None, metadata={"help": "JSONL file the RMOD responses are appended to (resumable; default: "
                                 "OUTPUT_DIR/rmod_responses.jsonl)."}
     )
-    value_head: Optional[str] = field(
-        default=None, metadata={"help": "Value model folder: a MultiValueHead, or a MiniLM text value model (default: "
-                                "the shipped default value model, hf_rmod/assets/value-minilm-smollm2)."}
-    )
+    value_head: Optional[str] = field(default=None, metadata=_VALUE_HEAD_FLAG)
     prompt_field: str = field(default="prompt", metadata={"help": "JSON field holding the prompt."})
     limit: Optional[int] = field(default=None, metadata={"help": "Only the first LIMIT prompts."})
 
@@ -596,7 +597,7 @@ class DemoConfig:
     prompt: Optional[list[str]] = field(
         default=None, metadata={"help": "A prompt to use instead of the built-in ones (repeatable).", "action": "extend"}
     )
-    value_head: Optional[str] = field(default=None, metadata={"help": "Value model folder: a MultiValueHead, or a MiniLM text value model (default: the shipped default value model, hf_rmod/assets/value-minilm-smollm2)."})
+    value_head: Optional[str] = field(default=None, metadata=_VALUE_HEAD_FLAG)
     num_candidates: int = field(default=8, metadata={"help": "K candidates per block.", "aliases": ["-k"]})
     block_size: int = field(default=16, metadata={"help": "B tokens per block.", "aliases": ["-b"]})
     lam: float = field(default=0.5, metadata={"help": "λ of RMOD."})

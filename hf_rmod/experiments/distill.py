@@ -22,6 +22,10 @@ Why ``Trainer`` and not TRL's ``SFTTrainer``: ``transformers`` and ``accelerate`
 masking the prompt is a few lines (:func:`build_sft_example`); TRL is not a dependency. ``Trainer`` runs under
 ``accelerate launch`` / ``torchrun`` as it is (data-parallel, the main process saves); the data step shards the
 prompts across processes when given an ``accelerate.Accelerator``.
+
+Why one module of ~670 lines: the two steps of DISTILL-RMOD (the resumable RMOD data step and the SFT step
+with its response-only collator, training arguments and model card) share the records format and the
+provenance they record; the per-objective policies (:mod:`.objective_policies`) reuse its SFT step.
 """
 
 from __future__ import annotations
@@ -96,19 +100,10 @@ class DistillResult:
 # ------------------------------------------------------------------------------------------------------------
 # Step 1: RMOD's responses
 # ------------------------------------------------------------------------------------------------------------
-def generate_distillation_data(
-    model: Any,
-    tokenizer: Any,
-    value_model: Any,
-    prompts: Sequence[str],
-    config: DistillConfig | None = None,
-    *,
-    output_path: str | os.PathLike,
-    accelerator: Any = None,
-    policy_id: str | None = None,
-    show_progress: bool = True,
-    **overrides: Any,
-) -> RecordList:
+def generate_distillation_data(model: Any, tokenizer: Any, value_model: Any, prompts: Sequence[str],
+                               config: DistillConfig | None = None, *, output_path: str | os.PathLike,
+                               accelerator: Any = None, policy_id: str | None = None, show_progress: bool = True,
+                               **overrides: Any) -> RecordList:
     """Decode each prompt once with RMOD and append the responses to ``output_path`` (resumable).
 
     Batches of ``config.generation_batch_size`` prompts are rendered (chat template, left padded) and decoded
@@ -220,10 +215,7 @@ def _rmod_config(model: Any, tokenizer: Any, value_model: Any, config: DistillCo
                          "candidates; use num_beams=1.")
     rmod_config = RMODConfig(value_model=value_model, num_candidates=config.num_candidates,
                              block_size=config.block_size, lam=config.lam)
-    from ..modeling_value_head import MultiValueHead
-
-    if isinstance(value_model, MultiValueHead):
-        value_model.check_compatible(model)  # a head on another vocabulary fails now, not in the first batch
+    value_model.check_policy(model)  # a head on another vocabulary fails now, not in the first batch
     return rmod_config
 
 

@@ -25,6 +25,10 @@ Raw per-objective means are reported as well.
 With an ``accelerate.Accelerator`` the prompts are sharded across processes (process ``i`` takes prompts
 ``i::n``), each process appends to ``results.rank{i}.jsonl`` and the main process merges them into
 ``results.jsonl`` and writes the summary and plots. ``hf-rmod evaluate`` is the command-line entry point.
+
+Why one module of ~590 lines: one pipeline (validate, generate every method batch by batch, score, append,
+merge the shards, summarise), whose resumable results file, per-rank sharding and method table must agree;
+the results format, the summary and the plots already live in :mod:`.results`, :mod:`.summary`, :mod:`.plots`.
 """
 
 from __future__ import annotations
@@ -44,8 +48,9 @@ from .._utils import check_unique_names, module_device
 from ..config import RMODConfig
 from ..baselines import soups as _soups
 from ..generation import enable
-from ..modeling_value_head import MultiValueHead, _policy_sizes
+from ..modeling_value_head import _policy_sizes
 from ..rewards import score_rewards
+from ..value_model import ValueModel
 from . import results as _results
 from .configs import EvaluationConfig, merge_config
 from .io import append_jsonl, cut_at_eos, encode_prompts, eos_token_ids, progress
@@ -123,7 +128,7 @@ class _Sampler:
 def evaluate(
     model,
     tokenizer,
-    value_head: MultiValueHead,
+    value_head: ValueModel,
     reward_fns,
     prompts: Sequence[str],
     methods: Sequence[EvalMethod],
@@ -183,7 +188,7 @@ def evaluate(
         tokenizer: its tokenizer (needs a pad token).
         value_head: the ``G``-objective value model used by the RMOD methods: a :class:`~hf_rmod.MultiValueHead`
             or a normalised :class:`~hf_rmod.reward_values.RewardValueModel` (the default value model,
-            :func:`hf_rmod.defaults.load_default_value_model`); its ``reward_mean`` / ``reward_std``
+            :func:`hf_rmod.defaults.load_value_model` with no path); its ``reward_mean`` / ``reward_std``
             (``normalization``) normalise the rewards in the summary.
         reward_fns: a reward function, a list of them or ``{objective: fn}`` (see
             :class:`~hf_rmod.RewardFunction`); their objective names must be objectives of `value_head`.
@@ -269,17 +274,17 @@ def _prepare(model, tokenizer, value_head, reward_fns, prompts, methods, config:
     prompts = _check_prompts(prompts)
     methods = _check_methods(methods)
     used_objective, used_policies = _used_policies(methods, objective_policies, policies, model)
-    from ..reward_values import RewardValueModel
-
-    if not isinstance(value_head, (MultiValueHead, RewardValueModel)):
+    if not isinstance(value_head, ValueModel):
         raise TypeError(
-            "`value_head` must be a MultiValueHead or a normalised RewardValueModel (e.g. "
-            f"hf_rmod.defaults.load_default_value_model(tokenizer)), got {type(value_head).__name__}."
+            "`value_head` must be a value model (hf_rmod.value_model.ValueModel: a MultiValueHead or a normalised "
+            f"RewardValueModel, e.g. hf_rmod.defaults.load_value_model(None, tokenizer)), got "
+            f"{type(value_head).__name__}."
         )
-    if isinstance(value_head, RewardValueModel) and value_head.normalization is None:
+    if value_head.normalization is None:
         raise ValueError(
-            "`value_head` is a RewardValueModel without normalization: the summary z-scores the rewards with the value "
-            "model's statistics; build it with normalization=(mean, std) (or load a value model that stores them)."
+            f"`value_head` is a {type(value_head).__name__} without normalization: the summary z-scores the rewards "
+            "with the value model's statistics; build it with normalization=(mean, std) (or load a value model that "
+            "stores them)."
         )
     if tokenizer.pad_token_id is None:
         raise ValueError("The tokenizer has no pad token; set `tokenizer.pad_token = tokenizer.eos_token` first.")
@@ -298,12 +303,12 @@ def _prepare(model, tokenizer, value_head, reward_fns, prompts, methods, config:
     tokenizers = {}
     if value_tokenizer is not None:
         tokenizers = {"value_tokenizer": value_tokenizer, "tokenizer": tokenizer}
-    elif isinstance(scorer_model, RewardValueModel):  # decodes the policy's ids (when it was built without a tokenizer)
+    else:  # a text value model decodes the policy's ids with it (when it was built without a tokenizer)
         tokenizers = {"tokenizer": tokenizer}
     rmod_configs = _rmod_configs(methods, scorer_model, config.max_new_tokens, tokenizers)
     if any(cfg is not None for cfg in rmod_configs.values()):
-        if value_tokenizer is None and isinstance(scorer_model, MultiValueHead):  # text readers skip the ids check
-            value_head.check_compatible(model)
+        if value_tokenizer is None:  # a head on another vocabulary fails now, not in the first batch
+            scorer_model.check_policy(model, tokenizer=tokenizer)
         enable(model)
     return _Run(model, tokenizer, reward_fns, rewards, prompts, methods, config, sampling, rmod_configs,
                 eos_token_ids(model, tokenizer), module_device(model), used_objective, used_policies)
