@@ -17,7 +17,8 @@ settings (``max_new_tokens=``...)   :class:`hf_rmod.experiments.configs.Evaluati
 ``add_cli_parsers`` (removed)       ``hf-rmod evaluate`` is built by :func:`hf_rmod.cli.build_parser`
 ==================================  =========================================================================
 
-New code should import from :mod:`hf_rmod.experiments`.
+Deprecated: new code should import from :mod:`hf_rmod.experiments`; this module only re-exports and will be
+removed in a later release.
 """
 
 from __future__ import annotations

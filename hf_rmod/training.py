@@ -16,7 +16,8 @@ settings (``num_responses=``...)   :class:`hf_rmod.experiments.configs.SamplingC
 ``add_cli_parsers`` (CLI)          :mod:`hf_rmod.cli` (``hf-rmod sample`` / ``train-value``; removed here)
 =================================  ==========================================================================
 
-New code should import from :mod:`hf_rmod.experiments` (or :mod:`hf_rmod`).
+Deprecated: new code should import from :mod:`hf_rmod.experiments` (or :mod:`hf_rmod`); this module only
+re-exports and will be removed in a later release.
 """
 
 from __future__ import annotations

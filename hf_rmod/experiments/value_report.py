@@ -348,22 +348,21 @@ def _finite_records(records: Any, names: list[str]) -> list[dict]:
 
 def _values_and_targets(head, records, policy, positions, batch_size, tokenizer, columns, rewards):
     """-> values (n, S, G) float64, targets (n, G) in the values' units, whether they are normalised, the units'
-    description and the value model's description."""
+    description and the value model's description. The normalisation is the value-model protocol's
+    (``head.normalization``); the values come from the head's own path (hidden states / backbone ids) or, for a
+    text value model (``score_texts``), from its reward functions on the decoded partial text."""
     if callable(getattr(head, "score_texts", None)):  # RewardValueModel: rewards of the partial text
-        values = _reward_model_values(head, records, positions, batch_size, tokenizer)[..., columns]
-        mean, std = getattr(head, "_mean", None), getattr(head, "_std", None)
-        if mean is not None:
-            targets = (rewards - mean[columns].double()) / std[columns].double()
-            units = "the value model's normalisation (r - mean) / std"
-        else:
-            targets, units = rewards, "reward units (the RewardValueModel has no normalization)"
-        return values.double(), targets, mean is not None, units, repr(head)
-    values = _head_values(head, records, policy, positions, batch_size, tokenizer)[..., columns]
-    mean = torch.tensor(head.config.reward_mean, dtype=torch.float64)[columns]
-    std = torch.tensor(head.config.reward_std, dtype=torch.float64)[columns]
-    units = "normalised reward units of the head (r - reward_mean) / reward_std"
-    described = head.config.name_or_path or f"MultiValueHead(objectives={list(head.objectives)})"
-    return values.double(), (rewards - mean) / std, True, units, described
+        values = _reward_model_values(head, records, positions, batch_size, tokenizer)
+        described = repr(head)
+    else:
+        values = _head_values(head, records, policy, positions, batch_size, tokenizer)
+        described = head.config.name_or_path or f"MultiValueHead(objectives={list(head.objectives)})"
+    if head.normalization is None:
+        return values[..., columns].double(), rewards, False, "reward units (the value model has no normalization)", \
+            described
+    mean, std = (torch.tensor(x, dtype=torch.float64)[columns] for x in head.normalization)
+    units = "the value model's normalisation (r - mean) / std"
+    return values[..., columns].double(), (rewards - mean) / std, True, units, described
 
 
 def _report_rows(values, targets, normalised: bool, ranking: dict, positions: list[int], names: list[str]) -> list:
